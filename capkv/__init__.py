@@ -1,0 +1,23 @@
+"""KV-cache eviction library: prefill with query capture, per-head compression, decode at true positions.
+
+Depends on torch and transformers only, so it can be imported without the rest of capkv-eval.
+"""
+
+from capkv.capture import LayerCapture, capture_queries
+from capkv.engine import CompressedCache, Generation, Prefill, compress, generate, prefill
+from capkv.memory import cache_bytes
+from capkv.methods import build_method, list_methods
+
+__all__ = [
+    "CompressedCache",
+    "Generation",
+    "LayerCapture",
+    "Prefill",
+    "build_method",
+    "cache_bytes",
+    "capture_queries",
+    "compress",
+    "generate",
+    "list_methods",
+    "prefill",
+]

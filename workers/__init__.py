@@ -1,0 +1,1 @@
+"""Model loading and the Ray actors that run evaluation cells."""

@@ -1,0 +1,53 @@
+"""The Ray actor that holds one loaded model and runs work units on it."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from workers.units import WorkUnit
+
+
+class ModelWorker:
+    """Loads a model once in its own process and evaluates any number of work units with it."""
+
+    def __init__(self, model_name: str, dtype: str = "bfloat16", num_threads: int | None = None):
+        import torch
+        from transformers.utils import logging as transformers_logging
+
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        transformers_logging.disable_progress_bar()
+        # Ray sets OMP_NUM_THREADS to the actor's CPU request; use the cores granted to us.
+        torch.set_num_threads(num_threads or int(os.environ.get("OMP_NUM_THREADS", "0")) or os.cpu_count())
+
+        from workers.models import load_model
+
+        self.loaded = load_model(model_name, dtype=dtype)
+        self.units_done = 0
+
+    def describe(self) -> dict:
+        return {
+            "model": self.loaded.name,
+            "revision": self.loaded.revision,
+            "device": str(self.loaded.device),
+            "dtype": str(self.loaded.dtype).removeprefix("torch."),
+            "pid": os.getpid(),
+        }
+
+    def run_unit(self, unit: WorkUnit) -> dict[str, list[dict]]:
+        from workers.evaluate import evaluate_unit
+
+        rows = evaluate_unit(self.loaded, unit)
+        self.units_done += 1
+        return rows
+
+
+def create_actor(model_name: str, dtype: str, num_cpus: int, use_gpu: bool, max_restarts: int = 2):
+    """Create a ModelWorker actor; it requests one GPU when `use_gpu`, else `num_cpus` CPUs."""
+    import ray
+
+    remote_class = ray.remote(ModelWorker)
+    options = {"num_cpus": num_cpus, "max_restarts": max_restarts, "max_task_retries": 0}
+    if use_gpu:
+        options["num_gpus"] = 1
+    return remote_class.options(**options).remote(model_name, dtype, num_cpus)

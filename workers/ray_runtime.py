@@ -1,0 +1,56 @@
+"""Start or join Ray with every listener on loopback unless a cluster address is given."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+# Ray reads these when it is imported: without the first it binds all interfaces on some
+# platforms; the others switch off the auth prompt and usage reporting.
+_RAY_ENVIRONMENT = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_DEDUP_LOGS": "0",
+}
+
+DEFAULT_OBJECT_STORE_BYTES = 256 * 1024 * 1024
+
+
+def configure_ray_environment() -> None:
+    for key, value in _RAY_ENVIRONMENT.items():
+        os.environ.setdefault(key, value)
+
+
+def start_ray(num_cpus: int | None = None):
+    """Connect to `RAY_ADDRESS` when set, else start a local Ray on 127.0.0.1 with no dashboard.
+
+    Safe to call again in the same process: an existing connection is reused.
+    """
+    configure_ray_environment()
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        log.info("connecting to Ray cluster at %s", address)
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(
+            address="local",
+            num_cpus=num_cpus or os.cpu_count(),
+            include_dashboard=False,
+            object_store_memory=DEFAULT_OBJECT_STORE_BYTES,
+            _node_ip_address="127.0.0.1",
+            log_to_driver=True,
+        )
+    return ray
+
+
+def cluster_gpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0.0))

@@ -1,0 +1,58 @@
+"""Plain data passed from the flow to workers: cells and the work units that group them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+CODE_VERSION = "0.1.0"
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """One (model, method, budget, benchmark) combination and everything that changes its result."""
+
+    model: str
+    model_revision: str
+    method: str
+    method_params: dict
+    method_label: str
+    budget: int | None  # tokens kept per KV head; None for the full cache
+    benchmark: str
+    benchmark_params: dict
+    benchmark_version: str
+    num_samples: int
+    query_aware: bool
+    chat_template: bool
+    seed: int
+    dtype: str
+    max_new_tokens: int | None = None
+
+    @property
+    def cell_id(self) -> str:
+        """Deterministic id: a hash of every field plus the code version."""
+        payload = json.dumps({**asdict(self), "code_version": CODE_VERSION}, sort_keys=True, default=str)
+        return "c" + hashlib.sha256(payload.encode()).hexdigest()[:15]
+
+    def describe(self) -> str:
+        budget = "full" if self.budget is None else str(self.budget)
+        return f"{self.method_label}@{budget} {self.benchmark} on {self.model}"
+
+
+@dataclass
+class WorkUnit:
+    """A chunk of samples of one (model, benchmark) evaluated for several cells after one prefill each."""
+
+    model: str
+    benchmark: str
+    benchmark_params: dict
+    num_samples: int
+    chunk_index: int
+    sample_indices: list[int]
+    cells: list[CellSpec] = field(default_factory=list)
+    query_aware: bool = True
+    chat_template: bool = True
+    seed: int = 0
+    run_id: str = ""
+    max_new_tokens: int | None = None
