@@ -1,0 +1,1 @@
+"""The Parquet result store of evaluation results, its schema and its DuckDB views."""
