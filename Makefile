@@ -20,5 +20,10 @@ $(STAMP): pyproject.toml Makefile
 run: $(STAMP)
 	$(BIN)/capkv-eval run $(if $(CONFIG),--config $(CONFIG),)
 
+# Not one of the two set-up commands: a Prefect server on 127.0.0.1:4200 with the deployments
+# of prefect.yaml and a process worker, until Ctrl-C.
+server: $(STAMP)
+	$(BIN)/capkv-eval server
+
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -15,6 +15,7 @@ from benchmarks.prompt import PromptTokens, build_prompt
 from capkv import build_method, compress, generate, prefill
 from capkv.memory import cache_bytes, peak_memory_bytes
 from capkv.methods.base import EvictionMethod
+from workers.fidelity import answer_logits, copy_cache, kl_and_agreement
 from workers.models import LoadedModel, stop_token_ids
 from workers.units import CellSpec, WorkUnit
 
@@ -50,6 +51,13 @@ def _base_row(unit: WorkUnit, cell: CellSpec, sample: Sample) -> dict:
     }
 
 
+def _fidelity_target(loaded: LoadedModel, sample: Sample) -> list[int]:
+    """Token ids of the first reference answer, the sequence KL is measured along."""
+    text = sample.references[0] if sample.references else ""
+    ids = loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ids or [loaded.tokenizer.eos_token_id or 0]
+
+
 def _max_prompt_tokens(loaded: LoadedModel, max_new_tokens: int) -> int | None:
     window = getattr(loaded.model.config, "max_position_embeddings", None)
     return None if window is None else window - max_new_tokens
@@ -73,11 +81,21 @@ def evaluate_sample(
 
     prefilled = prefill(loaded.model, context_ids, window_size=window, num_sinks=sinks)
     kv_bytes_full = cache_bytes(prefilled.cache)
+    target_ids = _fidelity_target(loaded, sample)
+    reference_logits = answer_logits(
+        loaded.model, copy_cache(prefilled.cache), prefilled.context_length, target_ids,
+        prefilled.last_logits, prompt.suffix_ids,
+    )
     rows: dict[str, dict] = {}
     for cell, method in cells:
         budget = cell.budget if cell.budget is not None else prefilled.context_length
         compressed = compress(loaded.model, prefilled, method, budget)
         kept_bytes = compressed.kv_bytes
+        kl, agreement = kl_and_agreement(
+            reference_logits,
+            answer_logits(loaded.model, copy_cache(compressed.cache), prefilled.context_length, target_ids,
+                          prefilled.last_logits, prompt.suffix_ids),
+        )
         generation = generate(
             loaded.model,
             compressed.cache,
@@ -101,6 +119,8 @@ def evaluate_sample(
             "prediction": prediction,
             "score": metrics[benchmark.primary_metric],
             "metrics": metrics,
+            "kl": kl,
+            "top1_agreement": agreement,
             "kv_bytes_full": kv_bytes_full,
             "kv_bytes_kept": kept_bytes,
             "masked_only": method.masked_only,

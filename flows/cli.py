@@ -1,0 +1,179 @@
+"""The `capkv-eval` command line: run evaluations, query the store, list methods and benchmarks."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+# Prefect reads its settings at import time: no analytics, and time for the first start of
+# the ephemeral API server on a slow machine.
+_PREFECT_ENVIRONMENT = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "60",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+class UsageError(Exception):
+    """An error the CLI prints as one line before exiting with status 2."""
+
+
+def _configure_environment() -> None:
+    for key, value in _PREFECT_ENVIRONMENT.items():
+        os.environ.setdefault(key, value)
+    from workers.ray_runtime import configure_ray_environment
+
+    configure_ray_environment()
+
+
+def _command_run(args) -> int:
+    from flows.config import load_config
+
+    config = load_config(args.config)
+    overrides = {}
+    if args.store:
+        overrides["store"] = args.store
+    if overrides:
+        from flows.config import parse_config
+
+        config = parse_config({**config.model_dump(), **overrides})
+
+    from flows.evaluate import evaluate
+
+    summary = evaluate(config, resume=args.resume)
+    print(f"run {summary['run_id']} {summary['status']}: {summary['cells']} cells")
+    print(f"results:   {summary['store']}")
+    if summary["dashboard"]:
+        print(f"dashboard: {summary['dashboard']}")
+    print(f'query:     capkv-eval sql --store {summary["store"]} "SELECT * FROM samples LIMIT 5"')
+    return 0 if summary["status"] == "completed" else 1
+
+
+def _command_sql(args) -> int:
+    from storage.sql import run_query
+
+    print(run_query(args.store, args.query, output=args.format, allow_writes=args.allow_writes,
+                    params=dict(args.param or [])))
+    return 0
+
+
+def _command_methods(args) -> int:
+    from capkv.methods import list_methods, method_classes, method_parameters
+
+    classes = method_classes()
+    for name in list_methods():
+        params = ", ".join(f"{key}={value!r}" for key, value in method_parameters(name).items()) or "no parameters"
+        summary = (classes[name].__doc__ or "").strip().splitlines()[0]
+        print(f"{name:<16} {params}\n{'':<16} {summary}")
+    return 0
+
+
+def _command_benchmarks(args) -> int:
+    from benchmarks import BENCHMARKS
+
+    for name, cls in sorted(BENCHMARKS.items()):
+        summary = (cls.__doc__ or "").strip().splitlines()[0]
+        print(f"{name:<12} version {cls.version}, max {cls.max_new_tokens} new tokens, metric {cls.primary_metric}")
+        print(f"{'':<12} {summary}")
+    return 0
+
+
+def _command_report(args) -> int:
+    from dashboards.report import build_dashboard
+
+    path = build_dashboard(args.store, args.output, run_ids=args.run_ids or None)
+    print(f"dashboard: {path}")
+    return 0
+
+
+def _command_compact(args) -> int:
+    from storage.store import ResultStore
+
+    result = ResultStore(args.store).compact(args.run_id)
+    print(result)
+    return 0
+
+
+def _command_server(args) -> int:
+    from flows.server import serve
+
+    return serve(port=args.port)
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"invalid --param {text!r}; expected NAME=VALUE")
+    key, value = text.split("=", 1)
+    return key, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="capkv-eval", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run an evaluation (the default matrix without --config)")
+    run.add_argument("--config", help="YAML run config; fields as in flows/config.py RunConfig")
+    run.add_argument("--resume", metavar="RUN_ID", help="finish an interrupted run, skipping stored chunks")
+    run.add_argument("--store", help="result store root: a folder or a pyarrow filesystem URI (default: results)")
+    run.set_defaults(handler=_command_run)
+
+    sql = commands.add_parser("sql", help="run SQL or a named query over the result store")
+    sql.add_argument("query", help="SQL text, or the name of a query in dashboards/queries (e.g. leaderboard)")
+    sql.add_argument("--store", default="results", help="result store root (default: results)")
+    sql.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format")
+    sql.add_argument("--param", action="append", type=_key_value, help="named query parameter NAME=VALUE")
+    sql.add_argument("--allow-writes", action="store_true", help="allow statements that write (off by default)")
+    sql.set_defaults(handler=_command_sql)
+
+    methods = commands.add_parser("methods", help="list eviction methods with their parameters")
+    methods.set_defaults(handler=_command_methods)
+
+    benchmarks = commands.add_parser("benchmarks", help="list benchmarks")
+    benchmarks.set_defaults(handler=_command_benchmarks)
+
+    report = commands.add_parser("report", help="build the HTML dashboard for runs in the store")
+    report.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="runs to include (default: the latest run)")
+    report.add_argument("--store", default="results", help="result store root (default: results)")
+    report.add_argument("--output", default="results/dashboard.html", help="HTML file to write")
+    report.set_defaults(handler=_command_report)
+
+    server = commands.add_parser("server", help="start a Prefect server on 127.0.0.1, deploy, run a worker")
+    server.add_argument("--port", type=int, default=4200, help="server port (default: 4200)")
+    server.set_defaults(handler=_command_server)
+
+    store = commands.add_parser("store", help="maintain the result store")
+    store_commands = store.add_subparsers(dest="store_command", required=True)
+    compact = store_commands.add_parser("compact", help="merge a finished run's small files")
+    compact.add_argument("run_id", metavar="RUN_ID")
+    compact.add_argument("--store", default="results", help="result store root (default: results)")
+    compact.set_defaults(handler=_command_compact)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    _configure_environment()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call otherwise
+    args = build_parser().parse_args(argv)
+
+    from benchmarks import BenchmarkError
+    from capkv.methods import MethodError
+    from flows.config import ConfigError
+    from workers.models import ModelError
+
+    expected: tuple[type[BaseException], ...] = (UsageError, ConfigError, MethodError, BenchmarkError, ModelError)
+    from storage.errors import StoreError
+
+    expected += (StoreError,)
+    try:
+        return args.handler(args)
+    except expected as error:
+        print(f"capkv-eval: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""The typed run configuration: the CLI's YAML file and the Prefect deployment's parameter schema."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from benchmarks import BenchmarkError, build_benchmark, list_benchmarks
+from capkv.methods import MethodError, build_method
+from workers.models import ModelError, model_revision
+
+PositiveInt = Annotated[int, Field(strict=True, gt=0)]
+
+
+def _choices(names_function):
+    """JSON-schema hook that lists the accepted names, so the Prefect UI renders a choice list."""
+
+    def add_enum(schema: dict) -> None:
+        schema["enum"] = list(names_function())
+
+    return add_enum
+
+
+def _method_names() -> list[str]:
+    from capkv.methods import list_methods
+
+    return list_methods()
+
+
+def _model_names() -> list[str]:
+    from workers.models import BUNDLED_MODELS
+
+    return sorted(BUNDLED_MODELS)
+
+
+class ConfigError(ValueError):
+    """A run configuration that cannot be run; the message is one line."""
+
+
+class MethodSpec(BaseModel):
+    """A method and its parameters, e.g. {name: snapkv, params: {window_size: 64}}."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: Annotated[str, Field(json_schema_extra=_choices(_method_names))]
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value):
+        return {"name": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _check(self):
+        build_method(self.name, **self.params)  # raises MethodError naming the bad value
+        return self
+
+
+class BenchmarkSpec(BaseModel):
+    """A benchmark, how many samples to take, and its parameters."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: Annotated[str, Field(json_schema_extra=_choices(list_benchmarks))]
+    num_samples: PositiveInt = 10
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value):
+        return {"name": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _check(self):
+        build_benchmark(self.name, **self.params)
+        return self
+
+
+class RunConfig(BaseModel):
+    """Everything that defines a run: the matrix, the protocol, where results go."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # The form offers the bundled models; the CLI and the API also take a local folder or a hub id.
+    models: list[Annotated[str, Field(json_schema_extra={"examples": ["smollm2-135m", "qwen2.5-coder-0.5b"]})]] = Field(
+        default_factory=lambda: ["smollm2-135m"], min_length=1
+    )
+    methods: list[MethodSpec] = Field(
+        default_factory=lambda: [MethodSpec(name=name) for name in ("full", "streaming_llm", "snapkv", "capkv")],
+        min_length=1,
+    )
+    budgets: list[PositiveInt] = Field(default_factory=lambda: [64, 128, 256, 512], min_length=1)
+    benchmarks: list[BenchmarkSpec] = Field(
+        default_factory=lambda: [BenchmarkSpec(name="needle", num_samples=10)], min_length=1
+    )
+    query_aware: bool = True
+    chat_template: bool = True
+    seed: int = 0
+    dtype: Literal["bfloat16", "float32"] = "bfloat16"
+    max_new_tokens: PositiveInt | None = None
+    chunk_size: PositiveInt = 2
+    num_actors: PositiveInt = 1
+    store: str = "results"
+    dashboard: str | None = None
+    label: str | None = None  # free-text tag stored with the run, e.g. "nightly"
+
+    @field_validator("models")
+    @classmethod
+    def _known_models(cls, models: list[str]) -> list[str]:
+        for name in models:
+            model_revision(name)  # raises ModelError listing what is accepted
+        return models
+
+    @model_validator(mode="after")
+    def _budgets_fit_methods(self):
+        for spec in self.methods:
+            method = build_method(spec.name, **spec.params)
+            if method.evicts:
+                for budget in self.budgets:
+                    method.validate_budget(budget)
+        return self
+
+
+def _first_error_line(error: ValidationError) -> str:
+    detail = error.errors()[0]
+    location = ".".join(str(part) for part in detail["loc"]) or "config"
+    cause = detail.get("ctx", {}).get("error")
+    if isinstance(cause, (MethodError, BenchmarkError, ModelError)):
+        return str(cause)
+    message = detail["msg"]
+    if detail["type"] == "extra_forbidden":
+        known = list(RunConfig.model_fields)
+        hint = difflib.get_close_matches(str(detail["loc"][-1]), known, n=1)
+        suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+        return f"unknown config key {location!r}{suggestion}; accepted: {', '.join(known)}"
+    if detail["loc"] and detail["loc"][0] == "budgets":
+        return f"invalid budget {detail.get('input')!r}; budgets must be positive integers (tokens kept per KV head)"
+    return f"invalid {location}={detail.get('input')!r}: {message}"
+
+
+def parse_config(data: dict | None) -> RunConfig:
+    """Validate a config mapping; raise ConfigError with a one-line message."""
+    try:
+        return RunConfig.model_validate(data or {})
+    except ValidationError as error:
+        raise ConfigError(_first_error_line(error)) from None
+    except (MethodError, BenchmarkError, ModelError) as error:
+        raise ConfigError(str(error)) from None
+
+
+def load_config(path: str | None) -> RunConfig:
+    """Read a YAML config file (or the defaults when `path` is None)."""
+    if path is None:
+        return parse_config({})
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must contain a mapping of keys, got {type(data).__name__}")
+    return parse_config(data)
+
+
+__all__ = ["BenchmarkSpec", "ConfigError", "MethodSpec", "RunConfig", "list_benchmarks", "load_config", "parse_config"]

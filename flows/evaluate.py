@@ -1,0 +1,220 @@
+"""The evaluate flow: expand the matrix, run work units on Ray actors, store rows, build the dashboard."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NONE as NO_CACHE
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows import provenance
+from flows.config import RunConfig
+from flows.matrix import chunk_count, expand_cells, plan_units
+from flows.progress import RunProgress
+from storage.store import ResultStore
+from workers.actor import create_actor
+from workers.ray_runtime import cluster_gpus, start_ray
+from workers.units import CellSpec, WorkUnit
+
+# Actor handles of the current flow run, by model name. Kept out of task parameters so that
+# Prefect never tries to serialise or hash them.
+_ACTORS: dict[str, list] = {}
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    store: str
+    dashboard: str | None
+    cells: int
+    samples_written: int
+    status: str
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def _cell_row(run_id: str, cell: CellSpec, status: str, error: str | None = None) -> dict:
+    return {
+        "schema_version": 1,
+        "run_id": run_id,
+        "cell_id": cell.cell_id,
+        "model": cell.model,
+        "model_revision": cell.model_revision,
+        "method": cell.method,
+        "method_params": json.dumps(cell.method_params, sort_keys=True),
+        "method_label": cell.method_label,
+        "budget_kind": "none" if cell.budget is None else "tokens",
+        "budget": cell.budget,
+        "benchmark": cell.benchmark,
+        "benchmark_version": cell.benchmark_version,
+        "query_aware": cell.query_aware,
+        "chat_template": cell.chat_template,
+        "seed": cell.seed,
+        "num_samples": cell.num_samples,
+        "status": status,
+        "error": error,
+        "config": json.dumps(asdict(cell), sort_keys=True, default=str),
+        "updated_at": _utcnow(),
+    }
+
+
+def _run_row(run_id: str, config: RunConfig, status: str, started: dt.datetime, finished=None) -> dict:
+    return {
+        "schema_version": 1,
+        "run_id": run_id,
+        "status": status,
+        "started_at": started,
+        "finished_at": finished,
+        "config": config.model_dump_json(),
+        "git_commit": provenance.git_commit(),
+        "package_versions": provenance.package_versions(),
+        "host": provenance.host_name(),
+        "device": provenance.device_name(),
+    }
+
+
+@task(name="run-chunk", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)
+def run_chunk(unit: WorkUnit, store_root: str, actor_slot: int) -> int:
+    """Evaluate one work unit on an actor holding its model and write one file per cell."""
+    import ray
+
+    actors = _ACTORS[unit.model]
+    actor = actors[actor_slot % len(actors)]
+    rows_by_cell = ray.get(actor.run_unit.remote(unit))
+    store = ResultStore(store_root)
+    written = 0
+    for cell in unit.cells:
+        rows = rows_by_cell[cell.cell_id]
+        store.write_chunk(unit.run_id, cell.cell_id, unit.chunk_index, rows)
+        written += len(rows)
+    return written
+
+
+def _start_actors(config: RunConfig, logger) -> None:
+    import ray
+
+    _ACTORS.clear()
+    use_gpu = cluster_gpus() >= 1
+    total_cpus = int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
+    replicas = len(config.models) * config.num_actors
+    cpus_each = max(1, total_cpus // replicas)
+    for model in config.models:
+        _ACTORS[model] = [create_actor(model, config.dtype, cpus_each, use_gpu) for _ in range(config.num_actors)]
+        info = ray.get(_ACTORS[model][0].describe.remote())
+        logger.info("actor ready: %s (%s) on %s, %d CPUs each, %d replica(s)", model, info["revision"],
+                    info["device"], cpus_each, config.num_actors)
+
+
+def _stop_actors() -> None:
+    import ray
+
+    for actors in _ACTORS.values():
+        for actor in actors:
+            ray.kill(actor)
+    _ACTORS.clear()
+
+
+def _absolute_root(root: str) -> str:
+    """Local store paths become absolute so that workers and links do not depend on the cwd."""
+    return root if "://" in root else str(Path(root).resolve())
+
+
+def _summary_markdown(store_root: str, run_id: str, dashboard: str | None) -> str:
+    from storage.sql import run_query
+
+    table = run_query(
+        store_root,
+        f"SELECT method_label AS method, budget, benchmark, count(*) AS n, round(avg(score), 3) AS score, "
+        f"round(avg(kv_bytes_kept) / avg(kv_bytes_full), 4) AS kv_ratio FROM samples "
+        f"WHERE run_id = '{run_id}' GROUP BY ALL ORDER BY ALL",
+        output="table",
+    )
+    link = f"\n\nDashboard: [{dashboard}](file://{dashboard})" if dashboard else ""
+    return f"# Run {run_id}\n\n```\n{table}\n```{link}\n"
+
+
+@flow(name="evaluate", task_runner=ThreadPoolTaskRunner(max_workers=4))
+def evaluate(config: RunConfig = RunConfig(), resume: str | None = None) -> dict:
+    """Run every cell of `config` (or finish run `resume`) and return a summary."""
+    logger = get_run_logger()
+    store_root = _absolute_root(config.store)
+    store = ResultStore(store_root)
+    if resume:
+        stored = store.read_run(resume)  # raises a one-line error for an unknown run id
+        config = RunConfig.model_validate_json(stored["config"])
+        run_id, started = resume, stored["started_at"]
+    else:
+        run_id, started = provenance.new_run_id(), _utcnow()
+
+    cells = expand_cells(config)
+    done = store.completed_chunks(run_id) if resume else set()
+    store.write_run(_run_row(run_id, config, "running", started))
+    for cell in cells:
+        status = "completed" if all((cell.cell_id, k) in done for k in range(chunk_count(cell, config.chunk_size))) else "pending"
+        store.write_cell(_cell_row(run_id, cell, status))
+
+    units = plan_units(config, cells, run_id, done)
+    total_samples = sum(b.num_samples for b in config.benchmarks) * len(config.models)
+    progress = RunProgress(cells, {c.cell_id: chunk_count(c, config.chunk_size) for c in cells}, total_samples)
+    progress.mark_existing(done)
+    progress.samples_done = total_samples - sum(len(u.sample_indices) for u in units)
+    logger.info("run %s: %d cells, %d work units to run (%d chunks already stored), store %s",
+                run_id, len(cells), len(units), len(done), store_root)
+
+    failed: dict[str, str] = {}
+    progress_artifact = create_progress_artifact(
+        100.0 * progress.samples_done / max(total_samples, 1), key="run-progress",
+        description=f"samples done of {total_samples} in run {run_id}",
+    )
+    if units:
+        start_ray()
+        _start_actors(config, logger)
+        try:
+            futures = [(unit, run_chunk.submit(unit, store_root, index)) for index, unit in enumerate(units)]
+            for unit, future in futures:
+                try:
+                    future.result()
+                except Exception as error:  # one failed chunk must not stop the other cells
+                    logger.error("chunk %d of %s on %s failed: %s", unit.chunk_index, unit.benchmark, unit.model, error)
+                    for cell in unit.cells:
+                        failed.setdefault(cell.cell_id, f"{type(error).__name__}: {error}".splitlines()[0])
+                    continue
+                logger.info(progress.record(unit))
+                update_progress_artifact(progress_artifact, 100.0 * progress.samples_done / max(total_samples, 1))
+        finally:
+            _stop_actors()
+
+    for cell in cells:
+        status = "failed" if cell.cell_id in failed else "completed"
+        store.write_cell(_cell_row(run_id, cell, status, failed.get(cell.cell_id)))
+    run_status = "failed" if failed else "completed"
+    store.write_run(_run_row(run_id, config, run_status, started, _utcnow()))
+
+    dashboard = _build_dashboard(config, store_root, run_id, logger)
+    create_markdown_artifact(key="run-summary", markdown=_summary_markdown(store_root, run_id, dashboard),
+                             description=f"capkv-eval run {run_id}")
+    samples_written = sum(len(u.sample_indices) * len(u.cells) for u in units)
+    logger.info("run %s %s: results in %s, dashboard %s", run_id, run_status, store_root, dashboard)
+    return asdict(RunSummary(run_id, store_root, dashboard, len(cells), samples_written, run_status))
+
+
+def _build_dashboard(config: RunConfig, store_root: str, run_id: str, logger) -> str | None:
+    from dashboards.report import build_dashboard
+
+    if config.dashboard:
+        target = Path(config.dashboard)
+    elif "://" in config.store:
+        logger.info("store %s is remote: build the dashboard with `capkv-eval report`", config.store)
+        return None
+    else:
+        target = Path(store_root) / "dashboards" / f"{run_id}.html"
+    path = build_dashboard(store_root, target, run_ids=[run_id])
+    return str(Path(path).resolve())

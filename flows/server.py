@@ -1,0 +1,110 @@
+"""A local Prefect server on 127.0.0.1 with the project's work pool, deployments and a worker."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+WORK_POOL = "capkv-process"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PREFECT = str(Path(sys.executable).with_name("prefect"))
+
+
+def server_environment(api_url: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    environment = {
+        **os.environ,
+        "PREFECT_API_URL": api_url,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": os.environ.get("PREFECT_UI_ENABLED", "true"),
+        "CAPKV_EVAL_HOME": str(PROJECT_ROOT),
+    }
+    environment.update(extra or {})
+    return environment
+
+
+def start_server(host: str = "127.0.0.1", port: int = 4200, environment: dict[str, str] | None = None,
+                 log_file=None) -> subprocess.Popen:
+    """Start `prefect server start` bound to `host` (loopback by default) and return the process."""
+    return subprocess.Popen(
+        [PREFECT, "server", "start", "--host", host, "--port", str(port)],
+        env=environment, stdout=log_file or subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    )
+
+
+def wait_until_healthy(api_url: str, process: subprocess.Popen, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"Prefect server exited with status {process.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(f"{api_url}/health", timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"Prefect server at {api_url} was not healthy after {timeout_s:.0f} s")
+
+
+def _prefect(arguments: list[str], environment: dict[str, str]) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [PREFECT, *arguments], env=environment, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"`prefect {' '.join(arguments)}` failed: {(result.stderr or result.stdout)[-2000:]}")
+    return result
+
+
+def deploy(environment: dict[str, str]) -> None:
+    """Create the process work pool if missing, then deploy every deployment in prefect.yaml."""
+    pools = _prefect(["work-pool", "ls"], environment).stdout
+    if WORK_POOL not in pools:
+        _prefect(["work-pool", "create", WORK_POOL, "--type", "process"], environment)
+    _prefect(["--no-prompt", "deploy", "--all"], environment)
+
+
+def start_worker(environment: dict[str, str], run_once: bool = False, log_file=None) -> subprocess.Popen:
+    arguments = [PREFECT, "worker", "start", "--pool", WORK_POOL, "--type", "process"]
+    if run_once:
+        arguments.append("--run-once")
+    return subprocess.Popen(arguments, env=environment, cwd=PROJECT_ROOT, stdout=log_file or subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT)
+
+
+def stop(process: subprocess.Popen, timeout_s: float = 30.0) -> None:
+    """Terminate a process we started, by its pid, and wait for it."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout_s)
+
+
+def serve(port: int = 4200) -> int:
+    """Run server, pool, deployments and a worker until interrupted; stop both on exit."""
+    api_url = f"http://127.0.0.1:{port}/api"
+    environment = server_environment(api_url)
+    server = start_server(port=port, environment=environment)
+    worker = None
+    try:
+        wait_until_healthy(api_url, server)
+        deploy(environment)
+        print(f"Prefect UI: http://127.0.0.1:{port}  (API {api_url}); work pool {WORK_POOL}; Ctrl-C stops")
+        worker = start_worker(environment, log_file=sys.stdout)
+        return worker.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if worker is not None:
+            stop(worker)
+        stop(server)

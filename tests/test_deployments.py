@@ -1,0 +1,80 @@
+"""Deployments on a real Prefect server on loopback: deploy, trigger adhoc-eval, run a worker once."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+
+import pytest
+
+from flows.server import PREFECT, deploy, server_environment, start_server, start_worker, stop, wait_until_healthy
+from storage.sql import connect
+
+pytestmark = pytest.mark.real_model
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = _free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    environment = server_environment(api_url, {"PREFECT_HOME": str(home), "PREFECT_UI_ENABLED": "false"})
+    log_file = open(home / "server.log", "w")
+    server = start_server(port=port, environment=environment, log_file=log_file)
+    try:
+        wait_until_healthy(api_url, server)
+        yield environment, home
+    finally:
+        stop(server)
+        log_file.close()
+
+
+def _prefect(environment, *arguments) -> subprocess.CompletedProcess:
+    return subprocess.run([PREFECT, *arguments], env=environment, capture_output=True, text=True, timeout=300)
+
+
+def test_adhoc_deployment_runs_on_worker(prefect_server, tmp_path):
+    environment, home = prefect_server
+    deploy(environment)
+    listing = _prefect(environment, "deployment", "ls").stdout
+    assert "evaluate/adhoc-eval" in listing and "nightly-regression/nightly-regression" in listing
+
+    store = tmp_path / "results"
+    config = {
+        "models": ["smollm2-135m"],
+        "methods": ["full", "snapkv"],
+        "budgets": [64],
+        "benchmarks": [{"name": "needle", "num_samples": 2, "params": {"context_length": 400}}],
+        "store": str(store),
+    }
+    triggered = _prefect(environment, "deployment", "run", "evaluate/adhoc-eval", "--params",
+                         json.dumps({"config": config}))
+    assert triggered.returncode == 0, triggered.stderr
+
+    with open(home / "worker.log", "w") as log_file:
+        worker = start_worker(environment, run_once=True, log_file=log_file)
+        try:
+            worker.wait(timeout=900)
+        finally:
+            stop(worker)
+
+    runs = _prefect(environment, "flow-run", "ls", "--flow-name", "evaluate").stdout
+    assert "COMPLETED" in runs, runs + (home / "worker.log").read_text()[-3000:]
+    connection = connect(str(store))
+    assert connection.execute("SELECT count(*), count(DISTINCT cell_id) FROM samples").fetchone() == (4, 2)
+
+
+def test_invalid_parameters_rejected(prefect_server):
+    environment, _ = prefect_server
+    deploy(environment)
+    bad = {"config": {"budgets": [0], "methods": ["full"]}}
+    result = _prefect(environment, "deployment", "run", "evaluate/adhoc-eval", "--params", json.dumps(bad))
+    assert result.returncode != 0
+    assert "budgets" in (result.stdout + result.stderr)
