@@ -10,9 +10,13 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from capkv.capture import LayerCapture, attention_modules, capture_queries
+from capkv.capture import LayerCapture, attention_modules, capture_queries, decoder_of
+from capkv.decoding import Generation, generate, teacher_forced_logits
 from capkv.memory import cache_bytes
-from capkv.methods.base import EvictionMethod, LayerInputs
+from capkv.methods.base import EvictionMethod, LayerInputs, MethodError, budget_from_ratio
+from capkv.ragged import RaggedLayer
+
+DEFAULT_NUM_SINKS = 4
 
 
 @dataclass
@@ -31,33 +35,62 @@ class CompressedCache:
     """A copy of a prefilled cache cut down to a budget per KV head."""
 
     cache: DynamicCache
-    kept_indices: list[torch.Tensor | None]  # per layer (batch, num_kv_heads, kept); None = uncompressed
+    # Per layer (batch, num_kv_heads, kept), ascending; None = uncompressed. Ragged layers pad
+    # shorter heads with -1 up to their longest head.
+    kept_indices: list[torch.Tensor | None]
     kept_tokens_per_layer: list[float]  # mean over batch and KV heads
     kv_bytes: int
     seconds: float
+    kept_tokens_per_head: list[torch.Tensor] | None = None  # per layer (batch, num_kv_heads)
+    budget: int | None = None  # tokens per KV head the method was asked to keep (after a ratio is resolved)
+
+    @property
+    def kept_tokens_total(self) -> float:
+        """Tokens stored over all layers and KV heads, averaged over the batch."""
+        if self.kept_tokens_per_head is None:
+            return 0.0
+        return float(sum(counts.float().sum(dim=-1).mean() for counts in self.kept_tokens_per_head))
 
 
-@dataclass
-class Generation:
-    """Greedy continuation of a (possibly compressed) cache."""
-
-    token_ids: list[int]
-    seconds: float
-    step_logits: torch.Tensor | None = None  # (steps, vocab) float32, when requested
+def prefill_options(methods: list[EvictionMethod]) -> dict:
+    """Return the `prefill` keyword arguments that capture what every method in `methods` reads."""
+    sink_counts = {m.num_sinks_needed for m in methods if m.evicts and m.num_sinks_needed is not None}
+    if len(sink_counts) > 1:
+        raise MethodError(
+            f"methods need query statistics without different sink counts {sorted(sink_counts)}; "
+            "prefill once per sink count or give the methods the same num_sinks"
+        )
+    return {
+        "window_size": max([m.window_size for m in methods if m.evicts] + [0]),
+        "num_sinks": sink_counts.pop() if sink_counts else DEFAULT_NUM_SINKS,
+        "second_moment": any(m.evicts and m.needs_query_covariance for m in methods),
+        "attention_sums": any(m.evicts and m.needs_attention_sums for m in methods),
+        "hidden_states": any(m.evicts and m.needs_hidden_states for m in methods),
+    }
 
 
 def prefill(
     model: nn.Module,
     input_ids: torch.Tensor,
     window_size: int = 0,
-    num_sinks: int = 4,
+    num_sinks: int = DEFAULT_NUM_SINKS,
     second_moment: bool = False,
+    attention_sums: bool = False,
+    hidden_states: bool = False,
 ) -> Prefill:
-    """Encode `input_ids` (batch, seq_len) with a full cache, capturing the queries scorers need."""
+    """Encode `input_ids` (batch, seq_len) with a full cache, capturing the queries scorers need.
+
+    `prefill_options(methods)` returns the keyword arguments a list of methods needs.
+    """
     started = time.perf_counter()
+    unsupported = {type(m).__name__ for m in attention_modules(model) if not hasattr(m, "q_proj")}
+    if unsupported:
+        raise MethodError(f"prefill recomputes queries with q_proj, which {', '.join(sorted(unsupported))} lacks; "
+                          "attention with a fused qkv projection is not supported")
     cache = DynamicCache(config=model.config)
     window = min(window_size, input_ids.shape[1])
-    with torch.no_grad(), capture_queries(model, window, num_sinks, second_moment) as captures:
+    options = {"second_moment": second_moment, "attention_sums": attention_sums, "hidden_states": hidden_states}
+    with torch.no_grad(), capture_queries(model, window, num_sinks, **options) as captures:
         output = model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
     return Prefill(
         cache=output.past_key_values,
@@ -68,140 +101,177 @@ def prefill(
     )
 
 
-def compress(model: nn.Module, prefilled: Prefill, method: EvictionMethod, budget: int) -> CompressedCache:
-    """Return a new cache keeping `budget` tokens per KV head in every full-attention layer.
+def check_prefill(method: EvictionMethod, prefilled: Prefill) -> None:
+    """Raise MethodError when the prefill did not capture what `method` reads."""
+    capture = next(
+        (c for c, layer in zip(prefilled.captures, prefilled.cache.layers) if not getattr(layer, "is_sliding", False)),
+        prefilled.captures[0],
+    )
+    fix = "prefill with capkv.engine.prefill_options([method, ...])"
+    captured_window = 0 if capture.window_queries is None else capture.window_queries.shape[2]
+    needed_window = min(method.window_size, prefilled.context_length)
+    if captured_window < needed_window:
+        raise MethodError(f"{method.label} reads the last {needed_window} prompt queries but the prefill "
+                          f"captured {captured_window}; {fix}")
+    if method.num_sinks_needed is not None and capture.num_sinks != method.num_sinks_needed:
+        raise MethodError(f"{method.label} needs query statistics without the first {method.num_sinks_needed} "
+                          f"tokens but the prefill left out {capture.num_sinks}; {fix}")
+    missing = [
+        what
+        for what, needed, present in (
+            ("the pre-RoPE query covariance", method.needs_query_covariance, capture.prerope_m2 is not None),
+            ("attention sums", method.needs_attention_sums, capture.attention_sums is not None),
+            ("the attention inputs (hidden states)", method.needs_hidden_states, capture.hidden_states is not None),
+        )
+        if needed and not present
+    ]
+    if missing:
+        raise MethodError(f"{method.label} needs {' and '.join(missing)}, which the prefill did not capture; {fix}")
+
+
+def resolve_budget(method: EvictionMethod, budget: int | None, ratio: float | None, seq_len: int) -> int:
+    """Return the token budget per KV head from a budget or a compression ratio, validated for `method`."""
+    if ratio is not None:
+        if budget is not None:
+            raise MethodError(f"got budget={budget} and ratio={ratio}; give one of them")
+        budget = budget_from_ratio(ratio, seq_len)
+    if budget is None:
+        raise MethodError(f"{method.label} needs a budget (tokens per KV head) or a compression ratio")
+    method.validate_budget(budget)
+    return budget
+
+
+def compress(
+    model: nn.Module,
+    prefilled: Prefill,
+    method: EvictionMethod,
+    budget: int | None = None,
+    *,
+    ratio: float | None = None,
+) -> CompressedCache:
+    """Return a new cache keeping `budget` tokens per KV head (or floor(T·(1 − ratio))) per full-attention layer.
 
     The prefilled cache is left untouched, so one prefill serves many (method, budget) pairs.
-    Sliding-window layers keep their own rolling window and are not compressed.
+    Sliding-window layers keep their own rolling window and are not compressed. Methods with
+    per-layer budgets spread the total over depth; ragged methods store heads of different lengths.
     """
+    # NOTE: a model whose config sets `sliding_window` on every layer (Mistral v0.1) gets only
+    # sliding layers from transformers, so nothing is compressed even when the window exceeds the prompt.
     started = time.perf_counter()
-    modules = attention_modules(model)
+    if method.evicts:
+        budget = resolve_budget(method, budget, ratio, prefilled.context_length)
+        method.check_model(model)
+        check_prefill(method, prefilled)
+
     compressed = copy.copy(prefilled.cache)
     compressed.layers = [copy.copy(layer) for layer in prefilled.cache.layers]
-    kept_indices: list[torch.Tensor | None] = []
-    kept_tokens: list[float] = []
-
+    full_layers = [i for i, layer in enumerate(compressed.layers) if not getattr(layer, "is_sliding", False)]
+    budgets = method.layer_budgets(budget, prefilled.context_length, len(full_layers)) if method.evicts else []
+    budget_of = dict(zip(full_layers, budgets))
+    kept_indices, kept_counts = [], []
     with torch.no_grad():
         for layer_idx, layer in enumerate(compressed.layers):
-            seq_len = layer.keys.shape[2]
-            if getattr(layer, "is_sliding", False) or not method.evicts or budget >= seq_len:
-                kept_indices.append(None)
-                kept_tokens.append(float(seq_len))
-                continue
-
-            inputs = LayerInputs(
-                layer_idx=layer_idx,
-                num_layers=len(compressed.layers),
-                keys=layer.keys,
-                values=layer.values,
-                capture=prefilled.captures[layer_idx],
-                module=modules[layer_idx],
-            )
-            kept = method.select(inputs, budget)  # (batch, num_kv_heads, budget)
-            gather_index = kept[..., None].expand(-1, -1, -1, layer.keys.shape[-1])
-            layer.keys = layer.keys.gather(2, gather_index)
-            layer.values = layer.values.gather(2, gather_index)
-            kept_indices.append(kept)
-            kept_tokens.append(float(kept.shape[-1]))
+            indices, counts = _compress_layer(model, prefilled, method, compressed, layer_idx, budget_of.get(layer_idx))
+            kept_indices.append(indices)
+            kept_counts.append(counts)
 
     return CompressedCache(
         cache=compressed,
         kept_indices=kept_indices,
-        kept_tokens_per_layer=kept_tokens,
+        kept_tokens_per_layer=[float(counts.float().mean()) for counts in kept_counts],
         kv_bytes=cache_bytes(compressed),
         seconds=time.perf_counter() - started,
+        kept_tokens_per_head=kept_counts,
+        budget=budget,
     )
 
 
-def _forward_step(model, cache, token_ids: torch.Tensor, first_position: int) -> torch.Tensor:
-    """Run tokens (batch, n) at true positions first_position..; return last logits (batch, vocab)."""
-    num_tokens = token_ids.shape[1]
-    cache_length = cache.get_seq_length()
-    # RoPE takes the true position; the mask and the cache index take the stored length.
-    position_ids = torch.arange(first_position, first_position + num_tokens, device=token_ids.device)[None]
-    cache_position = torch.arange(cache_length, cache_length + num_tokens, device=token_ids.device)
-    output = model(
-        input_ids=token_ids,
-        past_key_values=cache,
-        position_ids=position_ids.expand(token_ids.shape[0], -1),
-        cache_position=cache_position,
-        use_cache=True,
-        logits_to_keep=1,
-    )
-    return output.logits[:, -1].float()
-
-
-def generate(
-    model: nn.Module,
-    cache: DynamicCache,
-    next_position: int,
-    max_new_tokens: int,
-    stop_token_ids: set[int],
-    first_logits: torch.Tensor | None = None,
-    suffix_ids: torch.Tensor | None = None,
-    return_logits: bool = False,
-) -> Generation:
-    """Greedy decoding for batch size 1 from `cache`, whose next true position is `next_position`.
-
-    Either `suffix_ids` (1, n) are fed first (the question after a compressed context), or
-    `first_logits` from the prefill give the first token. The cache is extended in place.
-    """
-    started = time.perf_counter()
-    device = next(model.parameters()).device
-    position = next_position
-    with torch.no_grad():
-        if suffix_ids is not None and suffix_ids.shape[1] > 0:
-            logits = _forward_step(model, cache, suffix_ids.to(device), position)
-            position += suffix_ids.shape[1]
-        elif first_logits is not None:
-            logits = first_logits
-        else:
-            raise ValueError("generate needs suffix_ids or first_logits to produce the first token")
-
-        tokens: list[int] = []
-        step_logits: list[torch.Tensor] = []
-        for step in range(max_new_tokens):
-            if return_logits:
-                step_logits.append(logits[0])
-            token = int(logits[0].argmax())
-            tokens.append(token)
-            if token in stop_token_ids or step == max_new_tokens - 1:
-                break
-            logits = _forward_step(model, cache, torch.tensor([[token]], device=device), position)
-            position += 1
-
-    return Generation(
-        token_ids=tokens,
-        seconds=time.perf_counter() - started,
-        step_logits=torch.stack(step_logits) if return_logits and step_logits else None,
+def layer_inputs(model: nn.Module, layer_idx: int, keys, values, capture: LayerCapture, next_position: int):
+    """Build the scorer inputs of one layer."""
+    return LayerInputs(
+        layer_idx=layer_idx,
+        num_layers=len(attention_modules(model)),
+        keys=keys,
+        values=values,
+        capture=capture,
+        module=attention_modules(model)[layer_idx],
+        rotary_emb=getattr(decoder_of(model), "rotary_emb", None),
+        next_position=next_position,
     )
 
 
-def teacher_forced_logits(
-    model: nn.Module,
-    cache: DynamicCache,
-    next_position: int,
-    target_ids: list[int],
-    first_logits: torch.Tensor | None = None,
-    suffix_ids: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Next-token logits (len(target_ids), vocab) while feeding `target_ids` one by one.
+def _compress_layer(model, prefilled, method, compressed, layer_idx: int, layer_budget: int | None):
+    """Shrink one layer of `compressed` in place; return its kept indices (or None) and per-head counts."""
+    layer = compressed.layers[layer_idx]
+    batch, num_kv_heads, seq_len, _ = layer.keys.shape
+    if layer_budget is None or layer_budget >= seq_len:
+        return None, torch.full((batch, num_kv_heads), seq_len, device=layer.keys.device)
 
-    Row i is the distribution that predicts target_ids[i]. The cache is extended in place.
-    """
-    device = next(model.parameters()).device
-    position = next_position
-    rows: list[torch.Tensor] = []
-    with torch.no_grad():
-        if suffix_ids is not None and suffix_ids.shape[1] > 0:
-            logits = _forward_step(model, cache, suffix_ids.to(device), position)
-            position += suffix_ids.shape[1]
-        else:
-            logits = first_logits
-        for index, token in enumerate(target_ids):
-            rows.append(logits[0])
-            if index == len(target_ids) - 1:
-                break
-            logits = _forward_step(model, cache, torch.tensor([[token]], device=device), position)
-            position += 1
-    return torch.stack(rows)
+    inputs = layer_inputs(
+        model, layer_idx, layer.keys, layer.values, prefilled.captures[layer_idx], prefilled.context_length
+    )
+    if getattr(method, "custom_compression", False):
+        return _compress_layer_with_press(model, method, compressed, layer_idx, inputs, layer_budget)
+    if method.ragged:
+        keep_mask = method.select_mask(inputs, layer_budget)  # (batch, num_kv_heads, seq_len)
+        compressed.layers[layer_idx] = RaggedLayer(layer.keys, layer.values, keep_mask)
+        return mask_to_indices(keep_mask), keep_mask.sum(dim=-1)
+
+    kept = method.select(inputs, layer_budget)  # (batch, num_kv_heads, layer_budget)
+    gather_index = kept[..., None].expand(-1, -1, -1, layer.keys.shape[-1])
+    layer.keys = layer.keys.gather(2, gather_index)
+    layer.values = layer.values.gather(2, gather_index)
+    return kept, torch.full((batch, num_kv_heads), kept.shape[-1], device=kept.device)
+
+
+def _compress_layer_with_press(model, method, compressed, layer_idx: int, inputs: LayerInputs, layer_budget: int):
+    """Let a method that compresses by itself (a kvpress press) shrink one layer; see `_compress_layer`."""
+    from capkv.methods.kvpress_presses import recover_indices
+
+    keys, values, keep_mask = method.compress_layer(model, inputs, layer_budget, compressed)
+    if keep_mask is not None:
+        compressed.layers[layer_idx] = RaggedLayer(keys, values, keep_mask)
+        return mask_to_indices(keep_mask), keep_mask.sum(dim=-1)
+
+    layer = compressed.layers[layer_idx]
+    kept = recover_indices(inputs.keys, keys)  # (batch, num_kv_heads, kept), -1 for keys the press changed
+    if bool((kept >= 0).all()):
+        kept, order = kept.sort(dim=-1)
+        gather_index = order[..., None].expand(-1, -1, -1, keys.shape[-1])
+        keys, values = keys.gather(2, gather_index), values.gather(2, gather_index)
+    layer.keys, layer.values = keys.contiguous(), values.contiguous()
+    return kept, torch.full(kept.shape[:2], kept.shape[-1], device=kept.device)
+
+
+def indices_to_mask(kept_indices: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """Boolean (batch, heads, seq_len) mask of the positions in `kept_indices`; -1 entries are padding."""
+    # Padding goes to an extra slot past the end, which is dropped.
+    index = torch.where(kept_indices >= 0, kept_indices, torch.full_like(kept_indices, seq_len))
+    mask = torch.zeros(*kept_indices.shape[:2], seq_len + 1, dtype=torch.bool, device=kept_indices.device)
+    return mask.scatter_(-1, index, True)[..., :seq_len]
+
+
+def mask_to_indices(keep_mask: torch.Tensor) -> torch.Tensor:
+    """Kept positions (batch, heads, max_kept), ascending, heads with fewer tokens padded with -1."""
+    counts = keep_mask.sum(dim=-1)
+    width = int(counts.max()) if counts.numel() else 0
+    positions = torch.arange(keep_mask.shape[-1], device=keep_mask.device).expand_as(keep_mask)
+    # Kept positions sort first (key = position), dropped ones last (key = seq_len + position).
+    order = torch.where(keep_mask, positions, positions + keep_mask.shape[-1]).sort(dim=-1).values[..., :width]
+    return torch.where(order < keep_mask.shape[-1], order, torch.full_like(order, -1))
+
+
+__all__ = [
+    "CompressedCache",
+    "Generation",
+    "Prefill",
+    "check_prefill",
+    "compress",
+    "generate",
+    "indices_to_mask",
+    "layer_inputs",
+    "mask_to_indices",
+    "prefill",
+    "prefill_options",
+    "teacher_forced_logits",
+]

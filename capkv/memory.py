@@ -9,12 +9,18 @@ import torch
 
 
 def cache_bytes(cache) -> int:
-    """Sum of `nbytes` of every key and value tensor stored in a transformers cache."""
+    """Sum of `nbytes` of every tensor stored in a transformers cache, padding and offsets included.
+
+    Layers that define `stored_tensors()` (ragged layers) report their own storage; other layers
+    count their `keys` and `values`.
+    """
     total = 0
     for layer in cache.layers:
-        for tensor in (getattr(layer, "keys", None), getattr(layer, "values", None)):
-            if isinstance(tensor, torch.Tensor):
-                total += tensor.nbytes
+        if hasattr(layer, "stored_tensors"):
+            tensors = layer.stored_tensors()
+        else:
+            tensors = [getattr(layer, "keys", None), getattr(layer, "values", None)]
+        total += sum(tensor.nbytes for tensor in tensors if isinstance(tensor, torch.Tensor))
     return total
 
 

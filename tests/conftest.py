@@ -11,6 +11,10 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 
 import pytest
 import torch
+
+# Tiny test models spend more time synchronising threads than computing on a shared 2-core
+# machine; the flow tests' Ray actors set their own thread count.
+torch.set_num_threads(1)
 from transformers import LlamaConfig, LlamaForCausalLM
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from capkv.methods.base import EvictionMethod, LayerInputs, MethodError
+from capkv.methods.rope import mean_future_rotation
 
 
 def relevance(layer: LayerInputs) -> torch.Tensor:
@@ -51,6 +53,46 @@ def log_capacity(values: torch.Tensor, weights: torch.Tensor, kept: torch.Tensor
     return 0.5 * torch.linalg.slogdet(gram).logabsdet
 
 
+def compat_scores(
+    layer: LayerInputs, tau: float, num_sinks: int, epsilon: float, future_positions: int
+) -> torch.Tensor:
+    """Leverage scores computed the way kvpress 0.5.5's CapPress computes them, for candidates after the sinks.
+
+    Per query head: the anchor is the mean pre-RoPE query (with q-norm) rotated by the mean RoPE
+    matrix of the next `future_positions` positions; a_i is the cosine between k_i and the anchor;
+    w_i = exp(τ·(a_i − max a)); A = I + Σ (w_j + ε) v_j v_jᵀ is solved in float32; s_i = w_i v_iᵀ A⁻¹ v_i.
+    Scores are averaged over the query heads of each KV head. Returns (batch, num_kv_heads, seq_len − num_sinks).
+    """
+    keys = layer.keys[:, :, num_sinks:]
+    values = layer.values[:, :, num_sinks:]
+    batch, num_kv_heads, candidates, head_dim = keys.shape
+    anchor = layer.capture.prerope_query_mean.to(keys.dtype)  # (batch, num_heads, head_dim)
+    group = anchor.shape[1] // num_kv_heads
+    rotation = mean_future_rotation(
+        layer.rotary_emb, layer.module, layer.future_start, future_positions, head_dim, keys.device, keys.dtype
+    )
+    anchor = torch.matmul(anchor, rotation.T)
+
+    keys_per_query_head = keys.repeat_interleave(group, dim=1)  # (batch, num_heads, candidates, head_dim)
+    values_per_query_head = values.repeat_interleave(group, dim=1)
+    cosine = torch.einsum(
+        "bhd,bhtd->bht", F.normalize(anchor, p=2, dim=-1), F.normalize(keys_per_query_head, p=2, dim=-1)
+    ).clamp(-1.0, 1.0)
+    logits = tau * cosine
+    weights = torch.exp(logits - logits.amax(dim=-1, keepdim=True))  # (batch, num_heads, candidates)
+
+    scaled = values_per_query_head * torch.sqrt(weights + epsilon)[..., None]
+    identity = torch.eye(head_dim, dtype=scaled.dtype, device=scaled.device)
+    gram = (identity + torch.einsum("bhtd,bhte->bhde", scaled, scaled)).float()  # (batch, num_heads, d, d)
+    values_t = values_per_query_head.transpose(2, 3).float()  # (batch, num_heads, d, candidates)
+    leverage = (values_t * torch.linalg.solve(gram, values_t)).sum(dim=2)
+    scores = weights * leverage
+    return scores.view(batch, num_kv_heads, group, candidates).mean(dim=2)
+
+
+CAPKV_MODES = ("paper", "kvpress-compat")
+
+
 @dataclass
 class CapKV(EvictionMethod):
     """Keeps the tokens with the highest ridge leverage under relevance weights, plus the sinks.
@@ -58,12 +100,16 @@ class CapKV(EvictionMethod):
     CapKV, arXiv 2604.25975. The mutual information between future attention outputs and the
     kept set S is ½·log det(I + Σ_{i∈S} w_i v_i v_iᵀ); the leverage score s_i approximates each
     token's share of it, balancing query relevance (w) against new directions in value space.
-    In "paper" mode w_i = exp(τ·⟨k_i, μ_q⟩ − max), μ_q the mean prompt query of the head.
 
     Parameters:
     - tau (5.0): relevance temperature; 0 makes the scores independent of queries and keys.
     - num_sinks (4): leading tokens always kept and left out of A.
-    - mode ("paper"): the relevance variant.
+    - mode ("paper"): "paper" uses w_i = exp(τ·⟨k_i, μ_q⟩ − max) with μ_q the mean post-RoPE
+      prompt query of the KV head's group. "kvpress-compat" reproduces kvpress 0.5.5's CapPress:
+      cosine relevance against the pre-RoPE query mean rotated by the mean RoPE of the next
+      `future_positions` positions, one A per query head, ε added to w inside A, float32 solve.
+    - epsilon (1e-6): added to w inside A in "kvpress-compat" mode.
+    - future_positions (512): positions averaged for the RoPE rotation in "kvpress-compat" mode.
     """
 
     name = "capkv"
@@ -71,14 +117,28 @@ class CapKV(EvictionMethod):
     tau: float = 5.0
     num_sinks: int = 4
     mode: str = "paper"
+    epsilon: float = 1e-6
+    future_positions: int = 512
 
     def validate(self) -> None:
         if self.tau < 0:
             raise MethodError(f"invalid capkv tau={self.tau}; expected a number >= 0")
         if self.num_sinks < 0:
             raise MethodError(f"invalid capkv num_sinks={self.num_sinks}; expected an integer >= 0")
-        if self.mode not in ("paper",):
-            raise MethodError(f"invalid capkv mode={self.mode!r}; expected 'paper'")
+        if self.mode not in CAPKV_MODES:
+            raise MethodError(f"invalid capkv mode={self.mode!r}; expected one of {', '.join(CAPKV_MODES)}")
+        if self.epsilon < 0:
+            raise MethodError(f"invalid capkv epsilon={self.epsilon}; expected a number >= 0")
+        if self.future_positions < 1:
+            raise MethodError(f"invalid capkv future_positions={self.future_positions}; expected an integer >= 1")
+
+    @property
+    def needs_rope(self) -> bool:
+        return self.mode == "kvpress-compat"
+
+    @property
+    def num_sinks_needed(self) -> int:
+        return self.num_sinks
 
     def min_budget(self) -> int:
         return self.num_sinks + 1
@@ -88,7 +148,10 @@ class CapKV(EvictionMethod):
 
     def score(self, layer: LayerInputs) -> torch.Tensor:
         sinks = min(self.num_sinks, layer.seq_len)
-        candidate_relevance = relevance(layer)[..., sinks:]
-        weights = capacity_weights(candidate_relevance, self.tau)
-        scores = leverage_scores(layer.values[:, :, sinks:].float(), weights)
-        return torch.nn.functional.pad(scores, (sinks, 0), value=0.0)  # sinks are kept through always_kept
+        if self.mode == "kvpress-compat":
+            scores = compat_scores(layer, self.tau, sinks, self.epsilon, self.future_positions)
+        else:
+            candidate_relevance = relevance(layer)[..., sinks:]
+            weights = capacity_weights(candidate_relevance, self.tau)
+            scores = leverage_scores(layer.values[:, :, sinks:].float(), weights)
+        return F.pad(scores.float(), (sinks, 0), value=0.0)  # sinks are kept through always_kept

@@ -10,12 +10,23 @@ import torch.nn.functional as F
 from capkv.methods.base import EvictionMethod, LayerInputs, MethodError
 
 
-def window_attention(layer: LayerInputs, window_size: int) -> torch.Tensor:
-    """Softmax attention of the last `window_size` prompt queries over all keys.
+def observation_window(layer: LayerInputs, window_size: int) -> int:
+    """Number of final queries to read: at most `window_size`, the captured window and seq_len − 1."""
+    captured = 0 if layer.capture.window_queries is None else layer.capture.window_queries.shape[2]
+    if captured == 0:
+        raise MethodError(
+            f"layer {layer.layer_idx} has no captured window queries; prefill with window_size >= {window_size}"
+        )
+    return min(window_size, captured, layer.seq_len - 1)
 
-    Returns (batch, num_heads, window_size, seq_len) in float32, causal inside the window.
+
+def window_attention(layer: LayerInputs, window_size: int) -> torch.Tensor:
+    """Softmax attention of the last `window_size` captured queries over all keys.
+
+    The queries belong to the last `window_size` cached tokens, so the attention is causal inside
+    the window. Returns (batch, num_heads, window_size, seq_len) in float32.
     """
-    queries = layer.capture.window_queries[:, :, -window_size:]  # (batch, num_heads, window, head_dim)
+    queries = layer.capture.window_queries[:, :, -window_size:].float()  # (batch, num_heads, window, head_dim)
     num_heads = queries.shape[1]
     group = num_heads // layer.num_kv_heads
     keys = layer.keys.float().repeat_interleave(group, dim=1)  # (batch, num_heads, seq_len, head_dim)
@@ -25,6 +36,8 @@ def window_attention(layer: LayerInputs, window_size: int) -> torch.Tensor:
     key_positions = torch.arange(seq_len, device=keys.device)
     future = key_positions[None, :] > query_positions[:, None]  # (window, seq_len)
     logits = logits.masked_fill(future, float("-inf"))
+    if layer.valid is not None:  # padding slots of a ragged cache get no attention
+        logits = logits.masked_fill(~layer.valid.repeat_interleave(group, dim=1)[:, :, None, :], float("-inf"))
     return logits.softmax(dim=-1)
 
 
@@ -63,7 +76,7 @@ class SnapKV(EvictionMethod):
 
     def score(self, layer: LayerInputs) -> torch.Tensor:
         batch, num_kv_heads, seq_len, _ = layer.keys.shape
-        window = min(self.window_size, seq_len - 1)
+        window = observation_window(layer, self.window_size)
         attention = window_attention(layer, window)[..., : seq_len - window]  # (batch, num_heads, window, prefix)
         scores = attention.mean(dim=2)  # (batch, num_heads, prefix)
 

@@ -20,6 +20,7 @@ class StreamingLLM(EvictionMethod):
     """
 
     name = "streaming_llm"
+    decode_policy = "rolling"
     num_sinks: int = 4
 
     def validate(self) -> None:

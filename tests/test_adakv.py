@@ -1,0 +1,101 @@
+"""Ada-KV: per-head budgets, ragged storage with real byte savings, and attention over it."""
+
+from __future__ import annotations
+
+import torch
+
+from capkv import build_method, cache_bytes, compress, generate, prefill, prefill_options
+from capkv.capture import LayerCapture
+from capkv.methods.base import LayerInputs
+from capkv.ragged import RaggedLayer
+from tests.conftest import tiny_llama
+from tests.test_methods_positions import keep_masks, masked_reference_logits, prompt_ids
+
+
+def _layer_with_key_norms(norms: list[list[float]]) -> LayerInputs:
+    """One layer whose key of head h at position i has L2 norm norms[h][i] (knorm keeps low norms)."""
+    norm_tensor = torch.tensor(norms)[None]  # (1, heads, seq_len)
+    keys = torch.zeros(*norm_tensor.shape, 4)
+    keys[..., 0] = norm_tensor
+    values = torch.randn(*keys.shape)
+    return LayerInputs(0, 1, keys, values, LayerCapture())
+
+
+def test_select_mask_hand_computed():
+    # Head 0 has five low-norm keys, head 1 only one; budget 3 per head, 6 slots in the layer.
+    layer = _layer_with_key_norms([[1, 2, 3, 4, 5, 90, 91, 92], [6, 95, 96, 97, 98, 99, 93, 94]])
+    method = build_method("adakv", scorer="knorm", alpha=0.34)  # floor int(3 · 0.34) = 1 per head
+
+    mask = method.select_mask(layer, 3)[0]
+
+    assert mask[0].nonzero().flatten().tolist() == [0, 1, 2, 3, 4]
+    assert mask[1].nonzero().flatten().tolist() == [0]
+
+
+def test_floor_gives_every_head_alpha_budget():
+    layer = _layer_with_key_norms([[1, 2, 3, 4, 5, 6, 7, 8], [90, 91, 92, 93, 94, 95, 96, 97]])
+    mask = build_method("adakv", scorer="knorm", alpha=0.5).select_mask(layer, 4)[0]
+
+    assert mask[1].sum() == 2  # int(4 · 0.5); head 1 scores lower everywhere
+    assert mask[0].sum() == 6
+    assert mask[1].nonzero().flatten().tolist() == [0, 1]
+
+
+def test_alpha_one_is_uniform():
+    layer = _layer_with_key_norms([[1, 2, 3, 4, 5, 6, 7, 8], [90, 91, 92, 93, 94, 95, 96, 97]])
+    mask = build_method("adakv", scorer="knorm", alpha=1.0).select_mask(layer, 3)[0]
+    assert mask.sum(dim=-1).tolist() == [3, 3]
+
+
+def test_ragged_storage_bytes_are_sum_of_head_budgets():
+    model = tiny_llama(num_heads=4, num_kv_heads=2, layers=3, seed=3)
+    method = build_method("adakv", scorer_params={"window_size": 8})
+    prefilled = prefill(model, prompt_ids(100), **prefill_options([method]))
+
+    compressed = compress(model, prefilled, method, 30)
+
+    head_dim, element = 16, 4
+    lengths = [counts for counts in compressed.kept_tokens_per_head]
+    assert any(len(set(counts.flatten().tolist())) > 1 for counts in lengths)  # heads really differ
+    for counts, layer in zip(lengths, compressed.cache.layers):
+        assert isinstance(layer, RaggedLayer)
+        assert int(counts.sum()) == 2 * 30  # the layer total is num_kv_heads · budget
+        assert layer.flat_keys.shape == (int(counts.sum()), head_dim)
+    offsets = 3 * 2 * 8  # one int64 length per layer and head
+    assert compressed.kv_bytes == 3 * 2 * 30 * head_dim * element * 2 + offsets
+    assert compressed.kv_bytes < cache_bytes(prefilled.cache) * 30 / 100 * 1.01
+
+
+def test_ragged_padded_view_holds_kept_rows():
+    keys = torch.randn(1, 2, 10, 4)
+    values = torch.randn(1, 2, 10, 4)
+    mask = torch.zeros(1, 2, 10, dtype=torch.bool)
+    mask[0, 0, [1, 4, 7]] = True
+    mask[0, 1, [0, 9]] = True
+    layer = RaggedLayer(keys, values, mask)
+
+    padded_keys, padded_values = layer.update(torch.ones(1, 2, 1, 4), torch.ones(1, 2, 1, 4))
+
+    assert padded_keys.shape == (1, 2, 4, 4)  # the maximum head length is 3, plus one new token
+    assert torch.equal(padded_keys[0, 0, :3], keys[0, 0, [1, 4, 7]])
+    assert torch.equal(padded_values[0, 1, :2], values[0, 1, [0, 9]])
+    assert torch.equal(padded_keys[0, 1, 2], torch.zeros(4))  # padding slot
+    assert layer.key_mask()[0].tolist() == [[True, True, True, True], [True, True, False, True]]
+    assert layer.kept_tokens().tolist() == [[4, 3]]
+
+
+def test_ragged_decode_matches_masked_reference():
+    model = tiny_llama(num_heads=6, num_kv_heads=3, layers=2, seed=6)
+    prompt = prompt_ids(90, seed=4)
+    method = build_method("adakv", scorer="capkv", alpha=0.2)
+    prefilled = prefill(model, prompt, **prefill_options([method]))
+    compressed = compress(model, prefilled, method, 24)
+    bytes_before = compressed.kv_bytes
+
+    ours = generate(model, compressed.cache, 90, 12, set(), first_logits=prefilled.last_logits, return_logits=True)
+    reference = masked_reference_logits(model, prompt, keep_masks(compressed, 90), ours.token_ids[:-1])
+
+    for step in range(1, 12):
+        assert (ours.step_logits[step] - reference[step - 1]).abs().max() < 1e-4
+    appended = 11 * 2 * 3 * 16 * 4 * 2  # 11 fed tokens, 2 layers, 3 heads, head_dim 16, fp32, keys and values
+    assert cache_bytes(compressed.cache) == bytes_before + appended
