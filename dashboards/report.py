@@ -1,32 +1,37 @@
-"""The HTML dashboard: one self-contained file with a run summary and the charts of the named queries."""
+"""The HTML dashboard: one self-contained file with a run summary and a section per view of the results.
+
+`build_dashboard` runs the named queries of dashboards/queries over the selected runs,
+plus the nightly queries over every nightly run in the store, and writes the page that
+dashboards/sections.py lays out.
+"""
 
 from __future__ import annotations
 
-import datetime as dt
-import html
+import json
+import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import duckdb
-import plotly.graph_objects as go
 import pyarrow.fs as pafs
 
-from dashboards.charts import Chart, memory_charts, needle_charts, score_charts
+from dashboards.drilldown import SAMPLES_PER_CELL
+from dashboards.nightly import nightly_pair
+from dashboards.page import render_page, summary_table
+from dashboards.sections import DashboardData, NightlyData, dashboard_sections
+from storage.errors import StoreError
 from storage.layout import decode_partition_value
 from storage.sql import connect, load_query
 from storage.store import ResultStore
 
-PAGE_STYLE = """
-body { font-family: system-ui, sans-serif; margin: 24px; color: #222; }
-table.summary { border-collapse: collapse; margin-bottom: 24px; }
-table.summary th, table.summary td { border: 1px solid #ccc; padding: 4px 10px; text-align: left; }
-section.chart { margin-bottom: 32px; }
-"""
+log = logging.getLogger(__name__)
 
-# Plotly client options: no Plotly logo in the mode bar, and charts resize with the window.
-PLOTLY_CONFIG = {"displaylogo": False, "responsive": True}
+# The label that flows/nightly.py gives its runs. Importing it from there would import Prefect.
+NIGHTLY_LABEL = "nightly"
+RUN_QUERIES = ("leaderboard", "memory", "latency", "pareto", "needle_grid", "task_scores", "capacity",
+               "capacity_spearman")
 
 
 def build_dashboard(root: Any, out_path: str | os.PathLike, run_ids: Iterable[str] | None = None) -> Path:
@@ -35,12 +40,9 @@ def build_dashboard(root: Any, out_path: str | os.PathLike, run_ids: Iterable[st
     Without `run_ids` the dashboard shows the latest run only: the run with the latest
     started_at in the runs table, or, when the store has no run rows, the greatest run id
     among the sample partitions. Pooling every run would mix code versions and count a
-    sample once per run.
-
-    The page contains a summary table, one score-vs-budget chart per (model, benchmark),
-    one KV-bytes-vs-budget chart per model and, when the needle benchmark is present, one
-    heatmap per model. Token and ratio budgets get separate charts. Plotly's JavaScript is
-    inlined, so the file opens without network access.
+    sample once per run. The nightly section reads every run labelled nightly in the
+    store, whatever `run_ids` selects. Plotly's JavaScript is inlined, so the file opens
+    without network access.
     """
     if isinstance(run_ids, str):
         raise TypeError(f"run_ids must be a list of run ids, not the str {run_ids!r}")
@@ -48,15 +50,21 @@ def build_dashboard(root: Any, out_path: str | os.PathLike, run_ids: Iterable[st
     selected = sorted(run_ids) if run_ids is not None else latest_run_ids(store)
     connection = connect(store.root, run_ids=selected)
     try:
-        summary = _summary(connection, selected)
-        leaderboard = query_rows(connection, load_query("leaderboard"))
-        memory = query_rows(connection, load_query("memory"))
-        needle = query_rows(connection, load_query("needle_by_budget"))
+        counts, runs = _summary(connection)
+        results = {name: query_rows(connection, load_query(name)) for name in RUN_QUERIES}
+        drilldown = query_rows(
+            connection, load_query("sample_drilldown"), {"limit_per_cell": SAMPLES_PER_CELL}
+        )
     finally:
         connection.close()
 
-    charts = score_charts(leaderboard) + memory_charts(memory) + needle_charts(needle)
-    page = render_page(summary, charts)
+    data = DashboardData(**results, drilldown=drilldown, nightly=nightly_data(store))
+    page = render_page("capkv-eval dashboard", summary_table(selected, runs, counts), dashboard_sections(data))
+    return write_page(page, out_path)
+
+
+def write_page(page: str, out_path: str | os.PathLike) -> Path:
+    """Write `page` to `out_path`, creating its folder, and return the path."""
     path = Path(out_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page, encoding="utf-8")
@@ -83,72 +91,64 @@ def _sample_run_ids(store: ResultStore) -> list[str]:
     ]
 
 
-def query_rows(connection: duckdb.DuckDBPyConnection, sql: str) -> list[dict[str, Any]]:
-    """Run `sql` and return its rows as dicts."""
-    relation = connection.sql(sql)
+def query_rows(
+    connection: duckdb.DuckDBPyConnection, sql: str, params: Mapping[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """Run `sql` with its named `params` and return its rows as dicts."""
+    relation = connection.sql(sql, params=dict(params) if params else None)
     columns = relation.columns
     return [dict(zip(columns, row)) for row in relation.fetchall()]
 
 
-def _summary(connection: duckdb.DuckDBPyConnection, run_ids: list[str]) -> dict[str, Any]:
+def _summary(connection: duckdb.DuckDBPyConnection) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     counts = query_rows(
         connection,
         "SELECT count(*) AS samples, count(error) AS errors, "
         "list(DISTINCT model ORDER BY model) AS models FROM samples",
     )[0]
     runs = query_rows(connection, "SELECT run_id, status, started_at, git_commit FROM runs ORDER BY started_at, run_id")
-    return {"run_ids": run_ids, "runs": runs, **counts}
+    return counts, runs
 
 
-def render_page(summary: dict[str, Any], charts: list[Chart]) -> str:
-    """Return the whole HTML page. The first chart carries Plotly's JavaScript, the others reuse it."""
-    sections = []
-    for index, (title, figure) in enumerate(charts):
-        sections.append(_chart_section(title, figure, include_plotlyjs=index == 0))
-    if not charts:
-        sections.append("<p>No samples in the selected runs, so there is nothing to chart.</p>")
-    generated = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return "\n".join(
-        [
-            "<!DOCTYPE html>",
-            '<html lang="en">',
-            "<head>",
-            '<meta charset="utf-8">',
-            "<title>capkv-eval dashboard</title>",
-            f"<style>{PAGE_STYLE}</style>",
-            "</head>",
-            "<body>",
-            "<h1>capkv-eval dashboard</h1>",
-            f"<p>Generated {generated}.</p>",
-            _summary_table(summary),
-            *sections,
-            "</body>",
-            "</html>",
-        ]
-    )
+def nightly_run_ids(store: ResultStore) -> list[str]:
+    """Return the ids of the runs whose configuration has "label": "nightly".
+
+    A run whose row cannot be read is skipped with a warning, so one damaged run file
+    does not stop the dashboard.
+    """
+    # NOTE: this reads every run row of the store, one small file per run. The views of
+    # connect() cannot be limited to the runs table alone, and listing every sample file
+    # of every run would cost more.
+    labelled = []
+    for run_id in store.run_ids():
+        try:
+            config = store.read_run(run_id)["config"]
+        except StoreError as error:
+            log.warning("nightly section: skipping run %s: %s", run_id, error)
+            continue
+        try:
+            label = json.loads(config).get("label") if config else None
+        except (json.JSONDecodeError, AttributeError):
+            log.warning("nightly section: run %s has a config that is not a JSON object", run_id)
+            continue
+        if label == NIGHTLY_LABEL:
+            labelled.append(run_id)
+    return labelled
 
 
-def _chart_section(title: str, figure: go.Figure, include_plotlyjs: bool) -> str:
-    body = figure.to_html(full_html=False, include_plotlyjs=include_plotlyjs, config=PLOTLY_CONFIG)
-    return f'<section class="chart">\n<h2>{html.escape(title)}</h2>\n{body}\n</section>'
-
-
-def _summary_table(summary: dict[str, Any]) -> str:
-    runs = {run["run_id"]: run for run in summary["runs"]}
-    run_lines = []
-    for run_id in summary["run_ids"]:
-        run = runs.get(run_id)
-        if run is None:
-            details = "no run row"
-        else:
-            started = run["started_at"].astimezone(dt.timezone.utc)
-            details = f"{run['status']}, started {started:%Y-%m-%d %H:%M} UTC"
-        run_lines.append(f"{html.escape(run_id)} ({html.escape(details)})")
-    rows = [
-        ("runs", "<br>".join(run_lines) or "none"),
-        ("models", ", ".join(html.escape(model) for model in summary["models"] or []) or "none"),
-        ("samples", f"{summary['samples']:,}"),
-        ("errors", f"{summary['errors']:,}"),
-    ]
-    body = "\n".join(f"<tr><th>{name}</th><td>{value}</td></tr>" for name, value in rows)
-    return f'<table class="summary">\n{body}\n</table>'
+def nightly_data(store: ResultStore) -> NightlyData:
+    """Run the nightly queries over the nightly runs: runs, trend and the deltas of the latest pair."""
+    run_ids = nightly_run_ids(store)
+    if not run_ids:
+        return NightlyData(runs=[], trend=[], pair=None, deltas=[])
+    connection = connect(store.root, run_ids=run_ids)
+    try:
+        runs = query_rows(connection, load_query("nightly_runs"))
+        trend = query_rows(connection, load_query("nightly_trend"))
+        pair = nightly_pair(runs)
+        deltas = []
+        if pair is not None:
+            deltas = query_rows(connection, load_query("paired_deltas"), {"run_a": pair[0], "run_b": pair[1]})
+    finally:
+        connection.close()
+    return NightlyData(runs=runs, trend=trend, pair=pair, deltas=deltas)

@@ -31,7 +31,7 @@ PHASES = ("prefill", "decode")
 STATUSES = ("pending", "running", "completed", "failed")
 
 # Columns whose text must parse as a JSON object.
-JSON_COLUMNS = frozenset({"method_params", "config", "package_versions"})
+JSON_COLUMNS = frozenset({"method_params", "config", "package_versions", "sample_metadata"})
 
 # Columns restricted to a fixed set of values.
 ALLOWED_VALUES = {
@@ -77,6 +77,7 @@ SAMPLES_SCHEMA = pa.schema(
         _field("phase", pa.string()),
         _field("seed", pa.int64()),
         _field("sample_id", pa.string(), required=True),
+        _field("sample_metadata", pa.string()),
         _field("prompt_hash", pa.string()),
         _field("context_tokens", pa.int64()),
         _field("question_tokens", pa.int64()),

@@ -87,6 +87,7 @@ def connect(
 def _connect_writable(root: StoreRoot, sources: dict[str, list[str]]) -> duckdb.DuckDBPyConnection:
     connection = duckdb.connect(":memory:")
     try:
+        connection.execute("SET enable_progress_bar = false")
         _register_filesystem(connection, root)
         _create_views(connection, sources)
     except BaseException:
@@ -116,6 +117,7 @@ def _connect_read_only(root: StoreRoot, sources: dict[str, list[str]]) -> duckdb
     allowed = [path for paths in sources.values() for path in paths]
     connection.execute("SET allowed_paths = ?", [allowed])
     connection.execute("SET enable_external_access = false")
+    connection.execute("SET enable_progress_bar = false")  # it would print into flow logs
     connection.execute("SET lock_configuration = true")
     return connection
 

@@ -201,12 +201,15 @@ def test_unknown_named_query(store_root):
     with pytest.raises(QueryError) as caught:
         run_query(store_root, "leaderbord")
     assert str(caught.value) == (
-        "SQL error: unknown query 'leaderbord'; known: diff_runs, leaderboard, memory, needle_by_budget"
+        "SQL error: unknown query 'leaderbord'; known: capacity, capacity_spearman, diff_runs, latency, leaderboard, memory, needle_by_budget, needle_grid, nightly_runs, nightly_trend, paired_deltas, pareto, sample_drilldown, task_scores"
     )
 
 
 def test_named_queries_listed():
-    assert named_queries() == ["diff_runs", "leaderboard", "memory", "needle_by_budget"]
+    assert named_queries() == [
+        "capacity", "capacity_spearman", "diff_runs", "latency", "leaderboard", "memory", "needle_by_budget",
+        "needle_grid", "nightly_runs", "nightly_trend", "paired_deltas", "pareto", "sample_drilldown", "task_scores",
+    ]
     assert "bootstrap" in load_query("leaderboard")
     assert load_query("SELECT 1") == "SELECT 1"
 

@@ -43,7 +43,7 @@ def minimal_sample(**overrides):
 
 
 def test_schema_column_counts():
-    assert len(SAMPLES_SCHEMA) == 45
+    assert len(SAMPLES_SCHEMA) == 46
     assert len(CELLS_SCHEMA) == 21
     assert len(RUNS_SCHEMA) == 10
     assert SCHEMA_VERSION == 1
