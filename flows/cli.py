@@ -82,6 +82,16 @@ def _command_benchmarks(args) -> int:
 
 
 def _command_report(args) -> int:
+    if args.compare:
+        if args.run_ids:
+            raise UsageError("give either RUN_ID arguments or --compare RUN_A RUN_B, not both")
+        from dashboards.compare import build_comparison
+
+        run_a, run_b = args.compare
+        path = build_comparison(args.store, args.output, run_a, run_b)
+        print(f"comparison: {path}")
+        return 0
+
     from dashboards.report import build_dashboard
 
     path = build_dashboard(args.store, args.output, run_ids=args.run_ids or None)
@@ -95,6 +105,22 @@ def _command_compact(args) -> int:
     result = ResultStore(args.store).compact(args.run_id)
     print(result)
     return 0
+
+
+def _command_nightly(args) -> int:
+    from flows.config import load_config
+    from flows.nightly import default_suite, nightly_regression
+    from flows.regression import Thresholds
+
+    suite = load_config(args.config) if args.config else default_suite()
+    if args.store:
+        suite = suite.model_copy(update={"store": args.store})
+    thresholds = Thresholds(
+        score_drop=args.score_drop, kv_bytes_increase=args.kv_bytes_increase, latency_increase=args.latency_increase
+    )
+    state = nightly_regression(suite, baseline_run_id=args.baseline, thresholds=thresholds, return_state=True)
+    print(f"nightly regression check {state.name}: {state.message}")
+    return 1 if state.is_failed() else 0
 
 
 def _command_server(args) -> int:
@@ -138,7 +164,23 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="runs to include (default: the latest run)")
     report.add_argument("--store", default="results", help="result store root (default: results)")
     report.add_argument("--output", default="results/dashboard.html", help="HTML file to write")
+    report.add_argument(
+        "--compare", nargs=2, metavar=("RUN_A", "RUN_B"),
+        help="write a page of the per-cell score changes from run RUN_A to run RUN_B instead of the dashboard",
+    )
     report.set_defaults(handler=_command_report)
+
+    nightly = commands.add_parser("nightly", help="run the regression suite and compare it with the last nightly")
+    nightly.add_argument("--config", help="suite config (default: flows/configs/nightly.yaml)")
+    nightly.add_argument("--store", help="result store root (default: the suite's)")
+    nightly.add_argument("--baseline", metavar="RUN_ID", help="compare with this run instead of the last nightly")
+    nightly.add_argument("--score-drop", type=float, default=0.05,
+                         help="mean score drop that counts when significant at 95%% (default: 0.05)")
+    nightly.add_argument("--kv-bytes-increase", type=float, default=0.01,
+                         help="relative rise of physical KV bytes that counts (default: 0.01)")
+    nightly.add_argument("--latency-increase", type=float, default=0.5,
+                         help="relative rise of prefill+compression+decode time that counts (default: 0.5)")
+    nightly.set_defaults(handler=_command_nightly)
 
     server = commands.add_parser("server", help="start a Prefect server on 127.0.0.1, deploy, run a worker")
     server.add_argument("--port", type=int, default=4200, help="server port (default: 4200)")

@@ -26,8 +26,9 @@ def _choices(names_function):
 
 def _method_names() -> list[str]:
     from capkv.methods import list_methods
+    from capkv.methods.kvpress_presses import list_kvpress_presses
 
-    return list_methods()
+    return list_methods() + [f"kvpress:{name}" for name in list_kvpress_presses()]
 
 
 def _model_names() -> list[str]:
@@ -41,11 +42,22 @@ class ConfigError(ValueError):
 
 
 class MethodSpec(BaseModel):
-    """A method and its parameters, e.g. {name: snapkv, params: {window_size: 64}}."""
+    """A method, its fixed parameters, and parameters to sweep (one cell per combination).
+
+    Example: {name: capkv, params: {mode: paper}, sweep: {tau: [0, 1, 5, 10]}}.
+    """
 
     model_config = ConfigDict(extra="forbid")
     name: Annotated[str, Field(json_schema_extra=_choices(_method_names))]
     params: dict[str, Any] = Field(default_factory=dict)
+    sweep: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(default_factory=dict)
+
+    def settings(self) -> list[dict[str, Any]]:
+        """Every parameter combination: the fixed params updated with one value per swept key."""
+        combinations = [dict(self.params)]
+        for key, values in self.sweep.items():
+            combinations = [{**combo, key: value} for combo in combinations for value in values]
+        return combinations
 
     @model_validator(mode="before")
     @classmethod
@@ -54,7 +66,8 @@ class MethodSpec(BaseModel):
 
     @model_validator(mode="after")
     def _check(self):
-        build_method(self.name, **self.params)  # raises MethodError naming the bad value
+        for params in self.settings():
+            build_method(self.name, **params)  # raises MethodError naming the bad value
         return self
 
 
@@ -90,7 +103,9 @@ class RunConfig(BaseModel):
         default_factory=lambda: [MethodSpec(name=name) for name in ("full", "streaming_llm", "snapkv", "capkv")],
         min_length=1,
     )
-    budgets: list[PositiveInt] = Field(default_factory=lambda: [64, 128, 256, 512], min_length=1)
+    budgets: list[PositiveInt] = Field(default_factory=lambda: [64, 128, 256, 512])
+    # Compression ratios: the share of the context evicted, floor(T * (1 - ratio)) tokens kept.
+    ratios: list[Annotated[float, Field(gt=0, lt=1)]] = Field(default_factory=list)
     benchmarks: list[BenchmarkSpec] = Field(
         default_factory=lambda: [BenchmarkSpec(name="needle", num_samples=10)], min_length=1
     )
@@ -101,6 +116,7 @@ class RunConfig(BaseModel):
     max_new_tokens: PositiveInt | None = None
     chunk_size: PositiveInt = 2
     num_actors: PositiveInt = 1
+    chunk_retries: Annotated[int, Field(ge=0, le=10)] = 1  # Prefect retries of a failed (model, benchmark, chunk)
     store: str = "results"
     dashboard: str | None = None
     label: str | None = None  # free-text tag stored with the run, e.g. "nightly"
@@ -114,11 +130,14 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _budgets_fit_methods(self):
+        if not self.budgets and not self.ratios:
+            raise ConfigError("no budgets and no ratios given; give at least one budget (tokens) or ratio")
         for spec in self.methods:
-            method = build_method(spec.name, **spec.params)
-            if method.evicts:
-                for budget in self.budgets:
-                    method.validate_budget(budget)
+            for params in spec.settings():
+                method = build_method(spec.name, **params)
+                if method.evicts:
+                    for budget in self.budgets:
+                        method.validate_budget(budget)
         return self
 
 
@@ -126,7 +145,7 @@ def _first_error_line(error: ValidationError) -> str:
     detail = error.errors()[0]
     location = ".".join(str(part) for part in detail["loc"]) or "config"
     cause = detail.get("ctx", {}).get("error")
-    if isinstance(cause, (MethodError, BenchmarkError, ModelError)):
+    if isinstance(cause, (MethodError, BenchmarkError, ModelError, ConfigError)):
         return str(cause)
     message = detail["msg"]
     if detail["type"] == "extra_forbidden":
@@ -134,6 +153,8 @@ def _first_error_line(error: ValidationError) -> str:
         hint = difflib.get_close_matches(str(detail["loc"][-1]), known, n=1)
         suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
         return f"unknown config key {location!r}{suggestion}; accepted: {', '.join(known)}"
+    if detail["loc"] and detail["loc"][0] == "ratios":
+        return f"invalid ratio {detail.get('input')!r}; ratios must be numbers in (0, 1), the share of tokens evicted"
     if detail["loc"] and detail["loc"][0] == "budgets":
         return f"invalid budget {detail.get('input')!r}; budgets must be positive integers (tokens kept per KV head)"
     return f"invalid {location}={detail.get('input')!r}: {message}"

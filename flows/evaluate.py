@@ -51,8 +51,9 @@ def _cell_row(run_id: str, cell: CellSpec, status: str, error: str | None = None
         "method": cell.method,
         "method_params": json.dumps(cell.method_params, sort_keys=True),
         "method_label": cell.method_label,
-        "budget_kind": "none" if cell.budget is None else "tokens",
+        "budget_kind": cell.budget_kind,
         "budget": cell.budget,
+        "budget_ratio": cell.budget_ratio,
         "benchmark": cell.benchmark,
         "benchmark_version": cell.benchmark_version,
         "query_aware": cell.query_aware,
@@ -82,20 +83,26 @@ def _run_row(run_id: str, config: RunConfig, status: str, started: dt.datetime, 
 
 
 @task(name="run-chunk", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)
-def run_chunk(unit: WorkUnit, store_root: str, actor_slot: int) -> int:
-    """Evaluate one work unit on an actor holding its model and write one file per cell."""
+def run_chunk(unit: WorkUnit, store_root: str, actor_slot: int) -> dict[str, str]:
+    """Evaluate one work unit on an actor holding its model and write one file per cell.
+
+    Returns the error of each cell whose every sample in this chunk failed. Writing the same
+    (cell, chunk) again replaces the file, so a retried chunk never duplicates rows.
+    """
     import ray
 
     actors = _ACTORS[unit.model]
     actor = actors[actor_slot % len(actors)]
     rows_by_cell = ray.get(actor.run_unit.remote(unit))
     store = ResultStore(store_root)
-    written = 0
+    failed_cells = {}
     for cell in unit.cells:
         rows = rows_by_cell[cell.cell_id]
         store.write_chunk(unit.run_id, cell.cell_id, unit.chunk_index, rows)
-        written += len(rows)
-    return written
+        errors = [row["error"] for row in rows if row.get("error")]
+        if errors and len(errors) == len(rows):
+            failed_cells[cell.cell_id] = errors[0]
+    return failed_cells
 
 
 def _start_actors(config: RunConfig, logger) -> None:
@@ -178,10 +185,12 @@ def evaluate(config: RunConfig = RunConfig(), resume: str | None = None) -> dict
         start_ray()
         _start_actors(config, logger)
         try:
-            futures = [(unit, run_chunk.submit(unit, store_root, index)) for index, unit in enumerate(units)]
+            chunk_task = run_chunk.with_options(retries=config.chunk_retries)
+            futures = [(unit, chunk_task.submit(unit, store_root, index)) for index, unit in enumerate(units)]
             for unit, future in futures:
                 try:
-                    future.result()
+                    for cell_id, reason in future.result().items():
+                        failed.setdefault(cell_id, reason)
                 except Exception as error:  # one failed chunk must not stop the other cells
                     logger.error("chunk %d of %s on %s failed: %s", unit.chunk_index, unit.benchmark, unit.model, error)
                     for cell in unit.cells:

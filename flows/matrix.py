@@ -16,10 +16,10 @@ def expand_cells(config: RunConfig) -> list[CellSpec]:
         revision = model_revision(model)
         for bench_spec in config.benchmarks:
             benchmark = build_benchmark(bench_spec.name, **bench_spec.params)
-            for method_spec in config.methods:
-                method = build_method(method_spec.name, **method_spec.params)
-                budgets = config.budgets if method.evicts else [None]
-                for budget in budgets:
+            methods = [build_method(spec.name, **params) for spec in config.methods for params in spec.settings()]
+            for method in methods:
+                budgets = [(b, None) for b in config.budgets] + [(None, r) for r in config.ratios]
+                for budget, ratio in budgets if method.evicts else [(None, None)]:
                     cells.append(
                         CellSpec(
                             model=model,
@@ -37,6 +37,7 @@ def expand_cells(config: RunConfig) -> list[CellSpec]:
                             seed=config.seed,
                             dtype=config.dtype,
                             max_new_tokens=config.max_new_tokens,
+                            budget_ratio=ratio,
                         )
                     )
     return cells

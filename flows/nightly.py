@@ -64,6 +64,7 @@ def nightly_regression(
     comparisons = compare_runs(store_root, candidate, baseline, thresholds)
     report = markdown_report(candidate, baseline, comparisons)
     create_markdown_artifact(key="nightly-regression", markdown=report, description=f"{candidate} vs {baseline}")
+    logger.info("regression report (also the artifact nightly-regression):\n%s", report)
     create_table_artifact(
         key="nightly-regression-table",
         table=[json.loads(json.dumps(vars(c), default=str)) for c in comparisons],

@@ -7,8 +7,11 @@ next-token distribution even where a small model's task score is zero.
 from __future__ import annotations
 
 import copy
+from contextlib import ExitStack
 
 import torch
+
+from capkv.ragged import needs_ragged_attention, ragged_attention
 
 
 def copy_cache(cache):
@@ -38,7 +41,9 @@ def answer_logits(
         cache_length = cache.get_seq_length()
         positions = torch.arange(next_position, next_position + len(fed), device=device)[None]
         cache_positions = torch.arange(cache_length, cache_length + len(fed), device=device)
-        with torch.no_grad():
+        with torch.no_grad(), ExitStack() as stack:
+            if needs_ragged_attention(cache):  # heads or layers of different lengths need their own masks
+                stack.enter_context(ragged_attention(model, cache))
             output = model(
                 input_ids=torch.tensor([fed], device=device),
                 past_key_values=cache,

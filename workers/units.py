@@ -18,7 +18,7 @@ class CellSpec:
     method: str
     method_params: dict
     method_label: str
-    budget: int | None  # tokens kept per KV head; None for the full cache
+    budget: int | None  # tokens kept per KV head; None for the full cache or a ratio budget
     benchmark: str
     benchmark_params: dict
     benchmark_version: str
@@ -28,6 +28,13 @@ class CellSpec:
     seed: int
     dtype: str
     max_new_tokens: int | None = None
+    budget_ratio: float | None = None  # share of the context evicted, floor(T * (1 - ratio)) kept
+
+    @property
+    def budget_kind(self) -> str:
+        if self.budget_ratio is not None:
+            return "ratio"
+        return "none" if self.budget is None else "tokens"
 
     @property
     def cell_id(self) -> str:
@@ -36,7 +43,9 @@ class CellSpec:
         return "c" + hashlib.sha256(payload.encode()).hexdigest()[:15]
 
     def describe(self) -> str:
-        budget = "full" if self.budget is None else str(self.budget)
+        budget = f"ratio {self.budget_ratio}" if self.budget_ratio is not None else (
+            "full" if self.budget is None else str(self.budget)
+        )
         return f"{self.method_label}@{budget} {self.benchmark} on {self.model}"
 
 
