@@ -41,8 +41,15 @@ def _command_run(args) -> int:
 
         config = parse_config({**config.model_dump(), **overrides})
 
+    if args.resume:
+        # Checked before the flow starts, which takes seconds; the flow checks again.
+        from storage.store import ResultStore
+
+        ResultStore(config.store).read_run(args.resume)
+
     from flows.evaluate import evaluate
 
+    _drop_tracebacks_of_input_errors()
     summary = evaluate(config, resume=args.resume)
     print(f"run {summary['run_id']} {summary['status']}: {summary['cells']} cells")
     print(f"results:   {summary['store']}")
@@ -94,9 +101,24 @@ def _command_report(args) -> int:
 
     from dashboards.report import build_dashboard
 
-    path = build_dashboard(args.store, args.output, run_ids=args.run_ids or None)
+    _check_runs_exist(args.store, args.run_ids)
+    try:
+        path = build_dashboard(args.store, args.output, run_ids=args.run_ids or None)
+    except OSError as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UsageError(f"cannot write the dashboard to {args.output}: {reason}; choose another --output") from None
     print(f"dashboard: {path}")
     return 0
+
+
+def _check_runs_exist(store_root: str, run_ids: list[str]) -> None:
+    """Raise UnknownRunError, which lists the known run ids, for a run with neither a run row nor samples."""
+    from storage.store import ResultStore
+
+    store = ResultStore(store_root)
+    for run_id in run_ids:
+        if not store.run_exists(run_id) and not store.completed_chunks(run_id):
+            store.read_run(run_id)
 
 
 def _command_compact(args) -> int:
@@ -118,6 +140,7 @@ def _command_nightly(args) -> int:
     thresholds = Thresholds(
         score_drop=args.score_drop, kv_bytes_increase=args.kv_bytes_increase, latency_increase=args.latency_increase
     )
+    _drop_tracebacks_of_input_errors()
     state = nightly_regression(suite, baseline_run_id=args.baseline, thresholds=thresholds, return_state=True)
     print(f"nightly regression check {state.name}: {state.message}")
     return 1 if state.is_failed() else 0
@@ -127,6 +150,37 @@ def _command_server(args) -> int:
     from flows.server import serve
 
     return serve(port=args.port)
+
+
+def _input_error_types() -> tuple[type[BaseException], ...]:
+    from benchmarks import BenchmarkError
+    from capkv.methods import MethodError
+    from flows.config import ConfigError
+    from storage.errors import StoreError
+    from workers.models import ModelError
+
+    return (UsageError, ConfigError, MethodError, BenchmarkError, ModelError, StoreError)
+
+
+class _InputErrorTracebackFilter(logging.Filter):
+    """Strip the traceback from Prefect's log record of a flow or task that raised an input error.
+
+    The CLI prints such an error as one line, and the traceback only points into our own
+    checks. Other exceptions keep their traceback.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], _input_error_types()):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def _drop_tracebacks_of_input_errors() -> None:
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(existing, _InputErrorTracebackFilter) for existing in logger.filters):
+            logger.addFilter(_InputErrorTracebackFilter())
 
 
 def _key_value(text: str) -> tuple[str, str]:
@@ -201,18 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call otherwise
     args = build_parser().parse_args(argv)
 
-    from benchmarks import BenchmarkError
-    from capkv.methods import MethodError
-    from flows.config import ConfigError
-    from workers.models import ModelError
-
-    expected: tuple[type[BaseException], ...] = (UsageError, ConfigError, MethodError, BenchmarkError, ModelError)
-    from storage.errors import StoreError
-
-    expected += (StoreError,)
     try:
         return args.handler(args)
-    except expected as error:
+    except _input_error_types() as error:
         print(f"capkv-eval: {error}", file=sys.stderr)
         return 2
 

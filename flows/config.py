@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -87,6 +88,14 @@ class BenchmarkSpec(BaseModel):
     @model_validator(mode="after")
     def _check(self):
         build_benchmark(self.name, **self.params)
+        # Checked here so that a wrong path stops the run before a model loads; the benchmark
+        # reads the file on the Ray actor.
+        data_path = self.params.get("data_path")
+        if isinstance(data_path, str) and not Path(data_path).exists():
+            raise ConfigError(
+                f"data_path {data_path!r} of benchmark {self.name!r} not found; "
+                "give the path of a local JSONL or Parquet file in the benchmark's format"
+            )
         return self
 
 
@@ -141,6 +150,15 @@ class RunConfig(BaseModel):
         return self
 
 
+def _model_at(location: tuple) -> type[BaseModel]:
+    """Return the config class that holds the key at a validation error's location."""
+    if len(location) > 2 and location[0] == "methods":
+        return MethodSpec
+    if len(location) > 2 and location[0] == "benchmarks":
+        return BenchmarkSpec
+    return RunConfig
+
+
 def _first_error_line(error: ValidationError) -> str:
     detail = error.errors()[0]
     location = ".".join(str(part) for part in detail["loc"]) or "config"
@@ -149,7 +167,7 @@ def _first_error_line(error: ValidationError) -> str:
         return str(cause)
     message = detail["msg"]
     if detail["type"] == "extra_forbidden":
-        known = list(RunConfig.model_fields)
+        known = list(_model_at(detail["loc"]).model_fields)
         hint = difflib.get_close_matches(str(detail["loc"][-1]), known, n=1)
         suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
         return f"unknown config key {location!r}{suggestion}; accepted: {', '.join(known)}"

@@ -24,6 +24,7 @@ def server_environment(api_url: str, extra: dict[str, str] | None = None) -> dic
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_UI_ENABLED": os.environ.get("PREFECT_UI_ENABLED", "true"),
         "CAPKV_EVAL_HOME": str(PROJECT_ROOT),
+        "COLUMNS": "250",  # Prefect's tables cut long names to the terminal width otherwise
     }
     environment.update(extra or {})
     return environment
@@ -64,8 +65,10 @@ def _prefect(arguments: list[str], environment: dict[str, str]) -> subprocess.Co
 
 def deploy(environment: dict[str, str]) -> None:
     """Create the process work pool if missing, then deploy every deployment in prefect.yaml."""
-    pools = _prefect(["work-pool", "ls"], environment).stdout
-    if WORK_POOL not in pools:
+    existing = subprocess.run(
+        [PREFECT, "work-pool", "inspect", WORK_POOL], env=environment, capture_output=True, text=True, timeout=120,
+    )
+    if existing.returncode != 0:
         _prefect(["work-pool", "create", WORK_POOL, "--type", "process"], environment)
     _prefect(["--no-prompt", "deploy", "--all"], environment)
 

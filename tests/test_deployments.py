@@ -43,13 +43,16 @@ def _prefect(environment, *arguments) -> subprocess.CompletedProcess:
 def test_adhoc_deployment_runs_on_worker(prefect_server, tmp_path):
     environment, home = prefect_server
     deploy(environment)
-    listing = _prefect(environment, "deployment", "ls").stdout
-    assert "evaluate/adhoc-eval" in listing and "nightly-regression/nightly-regression" in listing
+    for name in ("evaluate/adhoc-eval", "nightly-regression/nightly-regression"):
+        inspected = _prefect(environment, "deployment", "inspect", name)
+        assert inspected.returncode == 0, inspected.stderr
+    assert "'cron': '0 2 * * *'" in _prefect(environment, "deployment", "inspect",
+                                             "nightly-regression/nightly-regression").stdout
 
     store = tmp_path / "results"
     config = {
         "models": ["smollm2-135m"],
-        "methods": ["full", "snapkv"],
+        "methods": [{"name": "full"}, {"name": "snapkv"}],  # the form's schema takes objects
         "budgets": [64],
         "benchmarks": [{"name": "needle", "num_samples": 2, "params": {"context_length": 400}}],
         "store": str(store),
@@ -65,8 +68,9 @@ def test_adhoc_deployment_runs_on_worker(prefect_server, tmp_path):
         finally:
             stop(worker)
 
-    runs = _prefect(environment, "flow-run", "ls", "--flow-name", "evaluate").stdout
-    assert "COMPLETED" in runs, runs + (home / "worker.log").read_text()[-3000:]
+    runs = _prefect(environment, "flow-run", "ls", "--flow-name", "evaluate", "--state", "COMPLETED").stdout
+    assert "evaluate" in runs and "COMPLETED" in runs, runs + (home / "worker.log").read_text()[-3000:]
+    print(runs)
     connection = connect(str(store))
     assert connection.execute("SELECT count(*), count(DISTINCT cell_id) FROM samples").fetchone() == (4, 2)
 
@@ -74,7 +78,7 @@ def test_adhoc_deployment_runs_on_worker(prefect_server, tmp_path):
 def test_invalid_parameters_rejected(prefect_server):
     environment, _ = prefect_server
     deploy(environment)
-    bad = {"config": {"budgets": [0], "methods": ["full"]}}
+    bad = {"config": {"budgets": [0], "methods": [{"name": "full"}]}}
     result = _prefect(environment, "deployment", "run", "evaluate/adhoc-eval", "--params", json.dumps(bad))
     assert result.returncode != 0
     assert "budgets" in (result.stdout + result.stderr)
