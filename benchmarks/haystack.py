@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import re
+from collections import Counter
 from functools import lru_cache
 from pathlib import Path
 
@@ -35,3 +37,60 @@ def haystack_token_ids(tokenizer) -> tuple[int, ...]:
     """All essays joined by blank lines, tokenized with the evaluated model's tokenizer."""
     text = "\n\n".join(essay_texts())
     return tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+@lru_cache(maxsize=1)
+def essay_word_list() -> tuple[str, ...]:
+    """Build a sorted list of the lower-case words of 5-10 letters seen at least 3 times in the essays.
+
+    Requiring lower case drops most names; the frequency floor drops typos. About 2,000 words.
+    """
+    text = "\n\n".join(essay_texts())
+    counts = Counter(re.findall(r"(?<![\w'’])[a-z]{5,10}(?![\w'’])", text))
+    return tuple(sorted(word for word, count in counts.items() if count >= 3))
+
+
+def sentence_boundary(text: str, position: int) -> int:
+    """Return the first sentence end at or after `position`, just after its period.
+
+    Position 0 stays 0, and a position past the last sentence end moves to the end of the text.
+    """
+    if position <= 0:
+        return 0
+    sentence_end = text.find(". ", position)
+    return sentence_end + 1 if sentence_end >= 0 else len(text)
+
+
+def insert_at_depths(text: str, insertions: list[tuple[float, str]]) -> str:
+    """Insert each (depth in percent, passage) at the sentence end after that depth of `text`.
+
+    Depths refer to the text before any insertion, so passages keep the order of their depths.
+    """
+    cuts = [(sentence_boundary(text, int(len(text) * depth / 100)), index) for index, (depth, _) in enumerate(insertions)]
+    pieces = []
+    previous = 0
+    for cut, index in sorted(cuts):
+        pieces.append(text[previous:cut])
+        pieces.append(insertions[index][1])
+        previous = cut
+    pieces.append(text[previous:])
+    return "".join(pieces)
+
+
+def fit_to_length(tokenizer, build_text, target_tokens: int, first_guess: int) -> int:
+    """Find a filler size (in tokens) as large as possible with `build_text(size)` within `target_tokens`.
+
+    Starts from `first_guess` and shrinks by the measured overflow, because tokenization at the
+    joins can merge or split a few tokens, so the first estimate is not always exact.
+    """
+    size = first_guess
+    for _ in range(20):
+        if size < 0:
+            break
+        length = len(tokenizer(build_text(size), add_special_tokens=False)["input_ids"])
+        if length <= target_tokens:
+            return size
+        size -= max(1, length - target_tokens)
+    raise BenchmarkError(
+        f"target length {target_tokens} tokens is too short for this task's instruction, question and answer"
+    )

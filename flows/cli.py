@@ -79,12 +79,10 @@ def _command_methods(args) -> int:
 
 
 def _command_benchmarks(args) -> int:
-    from benchmarks import BENCHMARKS
+    from benchmarks import describe_benchmarks, format_description
 
-    for name, cls in sorted(BENCHMARKS.items()):
-        summary = (cls.__doc__ or "").strip().splitlines()[0]
-        print(f"{name:<12} version {cls.version}, max {cls.max_new_tokens} new tokens, metric {cls.primary_metric}")
-        print(f"{'':<12} {summary}")
+    for description in describe_benchmarks():
+        print("\n".join(format_description(description)))
     return 0
 
 

@@ -25,6 +25,21 @@ def _choices(names_function):
     return add_enum
 
 
+def _also_by_name(names_function):
+    """JSON-schema hook: a spec may also be its bare name, as the YAML file and the `_from_name` validators allow.
+
+    Without it the deployment's schema rejects `methods: ["full"]` before pydantic sees it.
+    """
+
+    def add_string_form(schema: dict) -> None:
+        object_form = {key: value for key, value in schema.items() if key not in ("title", "description")}
+        for key in list(object_form):
+            del schema[key]
+        schema["anyOf"] = [{"type": "string", "enum": list(names_function())}, object_form]
+
+    return add_string_form
+
+
 def _method_names() -> list[str]:
     from capkv.methods import list_methods
     from capkv.methods.kvpress_presses import list_kvpress_presses
@@ -48,13 +63,13 @@ class MethodSpec(BaseModel):
     Example: {name: capkv, params: {mode: paper}, sweep: {tau: [0, 1, 5, 10]}}.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_also_by_name(_method_names))
     name: Annotated[str, Field(json_schema_extra=_choices(_method_names))]
     params: dict[str, Any] = Field(default_factory=dict)
     sweep: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(default_factory=dict)
 
     def settings(self) -> list[dict[str, Any]]:
-        """Every parameter combination: the fixed params updated with one value per swept key."""
+        """Return every parameter combination: the fixed params updated with one value per swept key."""
         combinations = [dict(self.params)]
         for key, values in self.sweep.items():
             combinations = [{**combo, key: value} for combo in combinations for value in values]
@@ -75,7 +90,7 @@ class MethodSpec(BaseModel):
 class BenchmarkSpec(BaseModel):
     """A benchmark, how many samples to take, and its parameters."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_also_by_name(list_benchmarks))
     name: Annotated[str, Field(json_schema_extra=_choices(list_benchmarks))]
     num_samples: PositiveInt = 10
     params: dict[str, Any] = Field(default_factory=dict)

@@ -69,7 +69,9 @@ def test_adhoc_deployment_runs_on_worker(prefect_server, tmp_path):
             stop(worker)
 
     runs = _prefect(environment, "flow-run", "ls", "--flow-name", "evaluate", "--state", "COMPLETED").stdout
-    assert "evaluate" in runs and "COMPLETED" in runs, runs + (home / "worker.log").read_text()[-3000:]
+    worker_log = (home / "worker.log").read_text()[-3000:]
+    assert "evaluate" in runs, runs + worker_log
+    assert "COMPLETED" in runs, runs + worker_log
     print(runs)
     connection = connect(str(store))
     assert connection.execute("SELECT count(*), count(DISTINCT cell_id) FROM samples").fetchone() == (4, 2)

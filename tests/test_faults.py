@@ -75,7 +75,7 @@ def test_out_of_memory_cell_fails_alone(tmp_path):
     assert result.returncode == 1, result.stdout + result.stderr[-3000:]
     connection = connect(str(tmp_path / "results"))
     cells = connection.execute("SELECT method, status, error FROM cells ORDER BY method").fetchall()
-    assert cells[0][:2] == ("full", "completed") and cells[0][2] is None
+    assert cells[0] == ("full", "completed", None)
     assert cells[1][:2] == ("snapkv", "failed")
     assert cells[1][2] == "MemoryError: simulated out-of-memory in snapkv@64 needle on smollm2-135m"
     rows = connection.execute(
@@ -99,6 +99,7 @@ def test_nan_logits_give_an_error_row(smollm2, monkeypatch):
 
     for rows in results.values():
         assert [row["sample_id"] for row in rows] == ["needle-400-0000", "needle-400-0001"]
-        assert rows[0].get("error") is None and rows[0]["prediction"]
+        assert rows[0].get("error") is None
+        assert rows[0]["prediction"]
         assert rows[1]["error"] == "FloatingPointError: prefill of sample needle-400-0001 produced non-finite logits"
         assert "prediction" not in rows[1]

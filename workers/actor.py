@@ -1,4 +1,4 @@
-"""The Ray actor that holds one loaded model and runs work units on it."""
+"""The Ray actor that keeps one model loaded and runs work units on it."""
 
 from __future__ import annotations
 
@@ -20,12 +20,21 @@ class ModelWorker:
         # Ray sets OMP_NUM_THREADS to the actor's CPU request; use the cores granted to us.
         torch.set_num_threads(num_threads or int(os.environ.get("OMP_NUM_THREADS", "0")) or os.cpu_count())
 
-        from workers.models import load_model
+        from workers.models import ModelError, load_model
 
-        self.loaded = load_model(model_name, dtype=dtype)
+        # A load error is kept and raised by describe(): an exception in __init__ reaches the
+        # driver only as an ActorDiedError with the remote traceback as its message.
+        self.load_error: ModelError | None = None
+        try:
+            self.loaded = load_model(model_name, dtype=dtype)
+        except ModelError as error:
+            self.load_error = error
         self.units_done = 0
 
     def describe(self) -> dict:
+        """Return the model, revision, device, dtype and process id; raise the ModelError of a failed load."""
+        if self.load_error is not None:
+            raise self.load_error
         return {
             "model": self.loaded.name,
             "revision": self.loaded.revision,
@@ -33,6 +42,12 @@ class ModelWorker:
             "dtype": str(self.loaded.dtype).removeprefix("torch."),
             "pid": os.getpid(),
         }
+
+    def check_samples(self, benchmark: str, params: dict, num_samples: int, seed: int) -> int:
+        """Load a benchmark's samples as run_unit will; return their count or raise BenchmarkError."""
+        from workers.evaluate import check_samples
+
+        return check_samples(self.loaded.tokenizer, benchmark, params, num_samples, seed)
 
     def run_unit(self, unit: WorkUnit) -> dict[str, list[dict]]:
         from workers.evaluate import evaluate_unit

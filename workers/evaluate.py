@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import torch
 
-from benchmarks import build_benchmark
+from benchmarks import BenchmarkError, build_benchmark
 from benchmarks.base import Benchmark, Sample
-from benchmarks.prompt import PromptTokens, build_prompt
+from benchmarks.prompt import PromptTokens
 from capkv import Prefill, build_method, capacity, compress, generate, prefill, prefill_options
 from capkv.memory import cache_bytes, peak_memory_bytes
 from capkv.methods.base import EvictionMethod
@@ -56,7 +56,7 @@ def _base_row(unit: WorkUnit, cell: CellSpec, sample: Sample) -> dict:
 
 
 def _fidelity_target(loaded: LoadedModel, sample: Sample) -> list[int]:
-    """Token ids of the first reference answer, the sequence KL is measured along."""
+    """Return the token ids of the first reference, the sequence along which KL is measured."""
     text = sample.references[0] if sample.references else ""
     ids = loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
     return ids or [loaded.tokenizer.eos_token_id or 0]
@@ -69,7 +69,7 @@ def _max_prompt_tokens(loaded: LoadedModel, max_new_tokens: int) -> int | None:
 
 @dataclass
 class SharedPrefill:
-    """What every cell of one sample reuses: the prefilled cache and the full-cache reference."""
+    """State shared by every cell of one sample: the prefilled cache and the full-cache reference."""
 
     prefilled: Prefill
     kv_bytes_full: int
@@ -217,13 +217,41 @@ def _error_text(failure: BaseException) -> str:
     return f"{type(failure).__name__}: {str(failure).splitlines()[0] if str(failure) else ''}"
 
 
+def check_samples(tokenizer, benchmark_name: str, benchmark_params: dict, num_samples: int, seed: int) -> int:
+    """Load a benchmark's samples as evaluate_unit does and return their count.
+
+    Raises BenchmarkError in one line for a data file that does not load, a row the
+    benchmark rejects, or a sample with an empty context (there is nothing to compress).
+    """
+    benchmark = build_benchmark(benchmark_name, **benchmark_params)
+    try:
+        samples = benchmark.load(tokenizer, num_samples, seed)
+    except BenchmarkError:
+        raise
+    except Exception as error:  # datasets and the benchmark's row parsing raise many types for a bad file
+        log.debug("loading %s samples failed", benchmark_name, exc_info=True)
+        cause = error
+        while cause.__cause__ is not None:  # datasets wraps the parser error that names the row
+            cause = cause.__cause__
+        raise BenchmarkError(
+            f"cannot load the samples of benchmark {benchmark_name!r} (params {benchmark_params}): "
+            f"{_error_text(cause)}; check its data file's rows and field types"
+        ) from error
+    for sample in samples:
+        if not sample.context.strip():
+            raise BenchmarkError(
+                f"sample {sample.sample_id!r} of benchmark {benchmark_name!r} has an empty context; "
+                "every sample needs a context to compress, so fix or remove that row"
+            )
+    return len(samples)
+
+
 def evaluate_unit(loaded: LoadedModel, unit: WorkUnit) -> dict[str, list[dict]]:
     """Evaluate every cell of a unit on its samples; return rows per cell_id, one per sample.
 
     A sample or cell that fails gets a row with `error` set, and the unit goes on.
     """
     benchmark = build_benchmark(unit.benchmark, **unit.benchmark_params)
-    max_new_tokens = unit.max_new_tokens or benchmark.max_new_tokens
     all_samples = benchmark.load(loaded.tokenizer, unit.num_samples, unit.seed)
     cells = [(cell, build_method(cell.method, **cell.method_params)) for cell in unit.cells]
     for _, method in cells:
@@ -234,16 +262,24 @@ def evaluate_unit(loaded: LoadedModel, unit: WorkUnit) -> dict[str, list[dict]]:
     for index in unit.sample_indices:
         sample = all_samples[index]
         started = time.perf_counter()
-        prompt = build_prompt(
-            loaded.tokenizer,
-            sample,
-            chat_template=unit.chat_template,
-            query_aware=unit.query_aware,
-            max_prompt_tokens=_max_prompt_tokens(loaded, max_new_tokens),
-        )
-        partial = evaluate_sample(loaded, benchmark, sample, prompt, cells, max_new_tokens)
+        sample_tokens = unit.max_new_tokens or benchmark.max_new_tokens_for(sample)
+        try:
+            prompt = benchmark.build_prompt(
+                loaded.tokenizer,
+                sample,
+                chat_template=unit.chat_template,
+                query_aware=unit.query_aware,
+                max_prompt_tokens=_max_prompt_tokens(loaded, sample_tokens),
+            )
+        except ValueError as failure:  # BenchmarkError: e.g. the question alone exceeds the window
+            log.error("sample %s: prompt could not be built: %s", sample.sample_id, failure)
+            for cell, _ in cells:
+                results[cell.cell_id].append({**_base_row(unit, cell, sample), "error": _error_text(failure)})
+            continue
+        partial = evaluate_sample(loaded, benchmark, sample, prompt, cells, sample_tokens)
         for cell, _ in cells:
             row = _base_row(unit, cell, sample)
+            row["chat_template"] = prompt.chat_template  # what this sample used, e.g. off for few-shot tasks
             row.update(partial[cell.cell_id])
             results[cell.cell_id].append(row)
         log.info(

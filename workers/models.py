@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -88,6 +89,11 @@ def _package_file(package: str, relative: str) -> Path:
     return path
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -126,7 +132,9 @@ def _convert_bundled(spec: BundledModel, gguf_path: Path, target: Path) -> None:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     except Exception as error:  # the GGUF reader raises many types for a damaged file
-        raise ModelError(f"cannot read GGUF file {gguf_path}: {error}") from error
+        raise ModelError(
+            f"cannot read GGUF file {gguf_path}: {_first_line(error)}; reinstall the package that ships it"
+        ) from error
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
     try:
@@ -136,6 +144,53 @@ def _convert_bundled(spec: BundledModel, gguf_path: Path, target: Path) -> None:
     finally:
         if staging.exists():
             shutil.rmtree(staging)
+
+
+def check_model_folder(folder: Path) -> None:
+    """Raise ModelError when a local model folder lacks config.json or has a truncated safetensors file.
+
+    Reads only config.json and each safetensors header, so it is cheap enough for config
+    validation. Other damage shows up when the model loads.
+    """
+    config = folder / "config.json"
+    if not config.is_file():
+        raise ModelError(
+            f"model folder {folder} has no config.json; expected a Hugging Face model folder "
+            "(config.json, tokenizer files, *.safetensors)"
+        )
+    try:
+        json.loads(config.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as error:
+        raise ModelError(f"model folder {folder} has an invalid config.json: {error}; expected a JSON object") from None
+    for weights in sorted(folder.glob("*.safetensors")):
+        _check_safetensors(weights)
+
+
+def _check_safetensors(path: Path) -> None:
+    # A safetensors file is an 8-byte little-endian header length, a JSON header whose
+    # data_offsets index the data section, then the data section.
+    size = path.stat().st_size
+    problem = None
+    with path.open("rb") as handle:
+        prefix = handle.read(8)
+        header_length = int.from_bytes(prefix, "little") if len(prefix) == 8 else None
+        if header_length is None or 8 + header_length > size:
+            problem = "its header is cut off"
+        else:
+            try:
+                header = json.loads(handle.read(header_length))
+                data_end = max(
+                    (entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0
+                )
+            except (UnicodeDecodeError, ValueError, KeyError, TypeError, IndexError):
+                problem = "its header is not valid safetensors JSON"
+            else:
+                if 8 + header_length + data_end > size:
+                    problem = f"it has {size} bytes but its header describes {8 + header_length + data_end}"
+    if problem:
+        raise ModelError(
+            f"model file {path} is truncated or corrupt: {problem}; download or convert the model again"
+        )
 
 
 def model_revision(name: str) -> str:
@@ -148,6 +203,7 @@ def model_revision(name: str) -> str:
         fingerprint = hashlib.sha256(f"{gguf_path.name}:{gguf_path.stat().st_size}".encode()).hexdigest()
         return f"gguf:{spec.gguf_file}:{fingerprint[:12]}"
     if Path(name).is_dir():
+        check_model_folder(Path(name))
         return f"local:{Path(name).resolve()}"
     if "/" in name and not name.startswith((".", "/")):
         return f"hub:{name}"
@@ -180,8 +236,8 @@ def load_model(name: str, dtype: str = "bfloat16", device: str | None = None) ->
     try:
         tokenizer = AutoTokenizer.from_pretrained(location)
         model = AutoModelForCausalLM.from_pretrained(location, dtype=DTYPES[dtype])
-    except OSError as error:
-        raise ModelError(f"cannot load model {name!r} from {location}: {str(error).splitlines()[0]}") from error
+    except Exception as error:  # transformers, tokenizers and safetensors raise many types for a bad folder
+        raise ModelError(f"cannot load model {name!r} from {location}: {_first_line(error)}") from error
     model.to(target_device).eval()
     return LoadedModel(model, tokenizer, name, revision, target_device, DTYPES[dtype])
 
