@@ -1,0 +1,212 @@
+"""Compare evaluation throughput of this engine with kvpress's pipeline on the same needle samples.
+
+Throughput is (cell, sample) pairs per second, where a cell is one (method, compression ratio).
+Three ways of running the same pairs are timed, model loads excluded from the first two:
+
+- ours: one prefill per sample, a compressed copy of the cache per cell, and the copies decoded
+  with `capkv.batched.generate_grouped` (batched only where it gives identical tokens unless
+  `--batch always`);
+- kvpress pipeline: `KVPressTextGenerationPipeline` called once per (press, ratio, sample) with
+  the model loaded once. This runs in a subprocess because importing kvpress patches
+  transformers' attention functions for the whole process;
+- kvpress evaluation-script style: the pipeline time plus one model load per cell, because
+  kvpress's evaluation script loads the model for every (press, ratio) run. The load time is
+  measured once in the subprocess and multiplied by the number of cells; it is not run literally.
+
+Both sides decode greedily for at most `--max-new-tokens` tokens and stop at the model's EOS.
+The prompt is the chat-templated context, and the question is fed after compression on both sides.
+
+    .venv/bin/python bench/throughput.py --samples 2 --max-new-tokens 12
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers.utils import logging as transformers_logging
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import build_benchmark  # noqa: E402
+from benchmarks.prompt import build_prompt  # noqa: E402
+from capkv import build_method, compress, prefill, prefill_options  # noqa: E402
+from capkv.batched import generate_grouped, group_by_shape  # noqa: E402
+from workers.models import load_model, stop_token_ids  # noqa: E402
+
+# Our method name -> kvpress 0.5.5 press class (AdaKV wraps SnapKV in kvpress).
+METHODS = {
+    "streaming_llm": "StreamingLLMPress",
+    "snapkv": "SnapKVPress",
+    "tova": "TOVAPress",
+    "knorm": "KnormPress",
+    "keydiff": "KeyDiffPress",
+    "expected_attention": "ExpectedAttentionPress",
+    "capkv": "CapPress",
+    "random": "RandomPress",
+    "adakv": "AdaKVPress",
+}
+
+
+def load_samples(tokenizer, num_samples: int, context_length: int):
+    benchmark = build_benchmark("needle", context_length=context_length)
+    return benchmark.load(tokenizer, num_samples, seed=0)
+
+
+def run_ours(args) -> dict:
+    """Evaluate every (method, ratio, sample) pair with one prefill per sample; return timings and answers."""
+    loaded = load_model(args.model, dtype=args.dtype, device="cpu")
+    samples = load_samples(loaded.tokenizer, args.samples, args.context_length)
+    methods = [build_method(name) for name in args.methods]
+    stops = stop_token_ids(loaded)
+    timings = {"prefill": 0.0, "compress": 0.0, "decode": 0.0}
+    answers: dict[str, str] = {}
+    tokens_generated = 0
+    batch_sizes: list[int] = []
+
+    started = time.perf_counter()
+    for sample in samples:
+        prompt = build_prompt(loaded.tokenizer, sample, chat_template=True, query_aware=False)
+        input_ids = torch.tensor([prompt.context_ids])
+        suffix_ids = torch.tensor([prompt.suffix_ids]) if prompt.suffix_ids else None
+        # Methods that leave out different numbers of sink tokens from their query statistics need
+        # separate prefills; the default methods here all share one.
+        for sink_group in _sink_groups(methods):
+            prefilled = prefill(loaded.model, input_ids, **prefill_options(sink_group))
+            timings["prefill"] += prefilled.seconds
+            labels, caches = [], []
+            for ratio in args.ratios:
+                for method in sink_group:
+                    compressed = compress(loaded.model, prefilled, method, ratio=ratio)
+                    timings["compress"] += compressed.seconds
+                    labels.append(f"{method.name}@{ratio} {sample.sample_id}")
+                    caches.append(compressed)
+            exact_only = args.batch == "exact"
+            if args.batch == "never":
+                groups = [[i] for i in range(len(caches))]
+            else:
+                groups = group_by_shape(caches, exact_only=exact_only)
+            batch_sizes.extend(len(group) for group in groups)
+            decode_started = time.perf_counter()
+            if args.batch == "never":
+                generations = [generate_grouped(loaded.model, [cache], prefilled.context_length, args.max_new_tokens,
+                                                stops, prefilled.last_logits, suffix_ids)[0] for cache in caches]
+            else:
+                generations = generate_grouped(loaded.model, caches, prefilled.context_length, args.max_new_tokens,
+                                               stops, prefilled.last_logits, suffix_ids, exact_only=exact_only)
+            timings["decode"] += time.perf_counter() - decode_started
+            for label, generation in zip(labels, generations):
+                answers[label] = loaded.tokenizer.decode(generation.token_ids, skip_special_tokens=True).strip()
+                tokens_generated += len(generation.token_ids)
+    total = time.perf_counter() - started
+    return {"seconds": total, "timings": timings, "answers": answers, "tokens_generated": tokens_generated,
+            "mean_batch": sum(batch_sizes) / max(len(batch_sizes), 1), "pairs": len(answers)}
+
+
+def _sink_groups(methods):
+    groups: dict[object, list] = {}
+    for method in methods:
+        groups.setdefault(method.num_sinks_needed if method.evicts else None, []).append(method)
+    return list(groups.values())
+
+
+def build_press(kvpress, name: str, ratio: float):
+    press_class = METHODS[name]
+    if press_class == "AdaKVPress":
+        return kvpress.AdaKVPress(kvpress.SnapKVPress(compression_ratio=ratio))
+    return getattr(kvpress, press_class)(compression_ratio=ratio)
+
+
+def run_kvpress(args) -> dict:
+    """Run kvpress's pipeline per (press, ratio, sample) with the model loaded once; print JSON."""
+    import kvpress
+    from transformers import pipeline
+
+    load_started = time.perf_counter()
+    loaded = load_model(args.model, dtype=args.dtype, device="cpu")
+    first_load = time.perf_counter() - load_started
+    load_started = time.perf_counter()
+    load_model(args.model, dtype=args.dtype, device="cpu")  # a warm reload, as each kvpress run does
+    model_load = time.perf_counter() - load_started
+
+    pipe = pipeline("kv-press-text-generation", model=loaded.model, tokenizer=loaded.tokenizer, device="cpu")
+    samples = load_samples(loaded.tokenizer, args.samples, args.context_length)
+    answers: dict[str, str] = {}
+    started = time.perf_counter()
+    for ratio in args.ratios:
+        for name in args.methods:
+            press = build_press(kvpress, name, ratio)
+            for sample in samples:
+                output = pipe(sample.context, question=sample.question, press=press,
+                              max_new_tokens=args.max_new_tokens)
+                answers[f"{name}@{ratio} {sample.sample_id}"] = output["answer"].strip()
+    total = time.perf_counter() - started
+    return {"seconds": total, "model_load": model_load, "first_load": first_load, "answers": answers,
+            "pairs": len(answers)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m", help="bundled model name, folder or hub id")
+    parser.add_argument("--dtype", default="bfloat16", help="model dtype")
+    parser.add_argument("--samples", type=int, default=2, help="needle samples")
+    parser.add_argument("--context-length", type=int, default=2000, help="needle context length in tokens")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), help="methods (cells)")
+    parser.add_argument("--ratios", type=float, nargs="+", default=[0.5, 0.75, 0.875, 0.9375],
+                        help="compression ratios: the share of context tokens evicted")
+    parser.add_argument("--max-new-tokens", type=int, default=12, help="maximum answer tokens")
+    parser.add_argument("--batch", choices=["exact", "always", "never"], default="exact",
+                        help="batch decoding: only where tokens stay identical (float32), always, or never")
+    parser.add_argument("--kvpress-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--skip-kvpress", action="store_true", help="time only our engine")
+    args = parser.parse_args()
+    transformers_logging.disable_progress_bar()
+
+    if args.kvpress_worker:
+        print(json.dumps(run_kvpress(args)))
+        return 0
+
+    print(f"{len(args.methods)} methods x {len(args.ratios)} ratios x {args.samples} needle samples at "
+          f"{args.context_length} tokens, {args.dtype}, max {args.max_new_tokens} new tokens, batch={args.batch}; "
+          f"load average {os.getloadavg()[0]:.2f}", flush=True)
+    ours = run_ours(args)
+    pairs = ours["pairs"]
+    timings = ", ".join(f"{key} {value:.1f} s" for key, value in ours["timings"].items())
+    print(f"ours: {pairs} pairs in {ours['seconds']:.1f} s ({timings}; mean decode batch {ours['mean_batch']:.1f}, "
+          f"{ours['tokens_generated']} tokens) -> {pairs / ours['seconds']:.3f} pairs/s; "
+          f"load average {os.getloadavg()[0]:.2f}", flush=True)
+    if args.skip_kvpress:
+        return 0
+
+    command = [sys.executable, __file__, "--kvpress-worker", "--model", args.model, "--dtype", args.dtype,
+               "--samples", str(args.samples), "--context-length", str(args.context_length),
+               "--max-new-tokens", str(args.max_new_tokens), "--methods", *args.methods,
+               "--ratios", *map(str, args.ratios)]
+    completed = subprocess.run(command, capture_output=True, text=True, check=False)
+    if completed.returncode != 0:
+        print(f"kvpress subprocess failed with exit code {completed.returncode}:\n{completed.stderr[-3000:]}")
+        return 1
+    theirs = json.loads(completed.stdout.strip().splitlines()[-1])
+    script_seconds = theirs["seconds"] + theirs["model_load"] * len(args.methods) * len(args.ratios)
+    ours_rate = pairs / ours["seconds"]
+    pipeline_rate = theirs["pairs"] / theirs["seconds"]
+    script_rate = theirs["pairs"] / script_seconds
+    print(f"kvpress pipeline: {theirs['pairs']} pairs in {theirs['seconds']:.1f} s -> {pipeline_rate:.3f} pairs/s; "
+          f"load average {os.getloadavg()[0]:.2f}")
+    print(f"kvpress evaluation-script style: + {theirs['model_load']:.2f} s model load x "
+          f"{len(args.methods) * len(args.ratios)} cells -> {script_rate:.3f} pairs/s (computed, not run)")
+    print(f"speed-up: {ours_rate / pipeline_rate:.1f}x over the pipeline, {ours_rate / script_rate:.1f}x over the "
+          f"evaluation-script style")
+    same = sum(ours["answers"][key] == theirs["answers"].get(key) for key in ours["answers"])
+    print(f"answers equal to kvpress's: {same} of {pairs}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""Batched greedy decoding of compressed caches against decoding each cache alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmarks import build_benchmark
+from benchmarks.prompt import build_prompt
+from capkv import build_method, compress, generate, prefill, prefill_options
+from capkv.batched import batch_key, generate_batched, generate_grouped, group_by_shape, stack_caches
+from tests.conftest import tiny_llama
+from workers.fidelity import copy_cache
+from workers.models import stop_token_ids
+
+UNIFORM_METHODS = ["streaming_llm", "snapkv", "capkv", "tova", "knorm", "keydiff", "h2o", "random"]
+
+
+def _prompt(length: int, seed: int = 1) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(3, 128, (1, length), generator=generator)
+
+
+def _compress_all(model, input_ids, names, budget):
+    methods = [build_method(name) for name in names]
+    prefilled = prefill(model, input_ids, **prefill_options(methods))
+    return prefilled, [compress(model, prefilled, method, budget) for method in methods]
+
+
+def _decode_one_by_one(model, prefilled, compressed, max_new_tokens, stops, suffix_ids=None):
+    return [
+        generate(model, copy_cache(item.cache), prefilled.context_length, max_new_tokens, stops,
+                 first_logits=prefilled.last_logits, suffix_ids=suffix_ids).token_ids
+        for item in compressed
+    ]
+
+
+@pytest.mark.parametrize("layout", [(4, 4), (4, 2), (4, 1)], ids=["mha", "gqa", "mqa"])
+def test_batched_matches_single_tiny(layout):
+    model = tiny_llama(*layout)
+    prefilled, compressed = _compress_all(model, _prompt(150), UNIFORM_METHODS, budget=48)
+
+    expected = _decode_one_by_one(model, prefilled, compressed, 12, set())
+    batched = generate_batched(model, compressed, prefilled.context_length, 12, set(),
+                               first_logits=prefilled.last_logits)
+
+    assert [g.token_ids for g in batched] == expected
+    assert all(len(tokens) == 12 for tokens in expected)
+
+
+def test_batched_matches_single_with_suffix():
+    model = tiny_llama()
+    prefilled, compressed = _compress_all(model, _prompt(150), UNIFORM_METHODS, budget=40)
+    suffix = _prompt(7, seed=5)
+
+    expected = _decode_one_by_one(model, prefilled, compressed, 10, set(), suffix_ids=suffix)
+    batched = generate_batched(model, compressed, prefilled.context_length, 10, set(), suffix_ids=suffix)
+
+    assert [g.token_ids for g in batched] == expected
+
+
+def test_rows_stop_at_their_own_stop_token():
+    model = tiny_llama()
+    prefilled, compressed = _compress_all(model, _prompt(150), UNIFORM_METHODS, budget=40)
+    free_running = _decode_one_by_one(model, prefilled, compressed, 10, set())
+    # A token that one row emits at step 3 and that no row emits earlier stops that row there.
+    stop = next(tokens[3] for tokens in free_running if all(tokens[3] not in other[:3] for other in free_running))
+
+    expected = _decode_one_by_one(model, prefilled, compressed, 10, {stop})
+    batched = generate_batched(model, compressed, prefilled.context_length, 10, {stop},
+                               first_logits=prefilled.last_logits)
+
+    assert [g.token_ids for g in batched] == expected
+    assert any(len(tokens) == 4 and tokens[-1] == stop for tokens in expected)
+    assert any(len(tokens) == 10 for tokens in expected)
+
+
+def test_inputs_are_not_extended():
+    model = tiny_llama()
+    prefilled, compressed = _compress_all(model, _prompt(100), ["snapkv", "capkv"], budget=40)
+
+    generate_batched(model, compressed, prefilled.context_length, 5, set(), first_logits=prefilled.last_logits)
+
+    for item in compressed:
+        assert all(layer.keys.shape[2] == 40 for layer in item.cache.layers)
+
+
+def test_group_by_shape_separates_budgets_and_ragged():
+    model = tiny_llama()
+    methods = [build_method(name) for name in ("snapkv", "capkv", "adakv", "pyramidkv")]
+    prefilled = prefill(model, _prompt(150), **prefill_options(methods))
+    items = [
+        compress(model, prefilled, methods[0], 40),  # 0
+        compress(model, prefilled, methods[1], 40),  # 1
+        compress(model, prefilled, methods[0], 64),  # 2
+        compress(model, prefilled, methods[2], 40),  # 3: ragged heads
+        compress(model, prefilled, methods[1], 64),  # 4
+    ]
+
+    groups = group_by_shape(items)
+
+    assert groups == [[0, 1], [2, 4], [3]]
+    assert batch_key(items[3]) is None
+
+
+def test_pyramid_caches_of_one_budget_batch():
+    model = tiny_llama(layers=4)
+    method = build_method("pyramidkv", window_size=8, beta=2.0)
+    prefilled = prefill(model, _prompt(200), **prefill_options([method]))
+    first = compress(model, prefilled, method, 48)
+    second = compress(model, prefilled, method, 48)
+    assert len({layer.keys.shape[2] for layer in first.cache.layers}) > 1
+
+    expected = _decode_one_by_one(model, prefilled, [first], 8, set())
+    batched = generate_batched(model, [first, second], prefilled.context_length, 8, set(),
+                               first_logits=prefilled.last_logits)
+
+    assert [g.token_ids for g in batched] == expected * 2
+
+
+def test_stack_rejects_mismatched_shapes():
+    model = tiny_llama()
+    prefilled, compressed = _compress_all(model, _prompt(100), ["snapkv"], budget=40)
+    other = compress(model, prefilled, build_method("snapkv"), 50)
+
+    with pytest.raises(ValueError, match="group_by_shape"):
+        stack_caches([compressed[0], other])
+
+
+def test_group_by_shape_keeps_bfloat16_apart():
+    model = tiny_llama().to(torch.bfloat16)
+    prefilled, compressed = _compress_all(model, _prompt(100), ["snapkv", "capkv"], budget=40)
+
+    assert group_by_shape(compressed) == [[0], [1]]
+    assert group_by_shape(compressed, exact_only=False) == [[0, 1]]
+
+
+@pytest.fixture(scope="module")
+def smollm2_float32():
+    from workers.models import load_model
+
+    return load_model("smollm2-135m", dtype="float32", device="cpu")
+
+
+def test_batched_matches_single_on_smollm2_float32(smollm2_float32):
+    loaded = smollm2_float32
+    sample = build_benchmark("needle", context_length=1000).load(loaded.tokenizer, 1, seed=0)[0]
+    prompt = build_prompt(loaded.tokenizer, sample, chat_template=True, query_aware=True)
+    names = ["streaming_llm", "snapkv", "capkv", "tova", "keydiff", "h2o"]
+    prefilled, compressed = _compress_all(loaded.model, torch.tensor([prompt.context_ids]), names, budget=128)
+    stops = stop_token_ids(loaded)
+
+    expected = _decode_one_by_one(loaded.model, prefilled, compressed, 12, stops)
+    batched = generate_batched(loaded.model, compressed, prefilled.context_length, 12, stops,
+                               first_logits=prefilled.last_logits)
+
+    assert group_by_shape(compressed) == [list(range(len(names)))]
+    assert [g.token_ids for g in batched] == expected
+
+
+def test_grouped_decoding_mixes_ragged_and_batched():
+    model = tiny_llama()
+    names = ["snapkv", "adakv", "capkv", "tova"]
+    prefilled, compressed = _compress_all(model, _prompt(150), names, budget=40)
+
+    expected = _decode_one_by_one(model, prefilled, compressed, 8, set())
+    grouped = generate_grouped(model, compressed, prefilled.context_length, 8, set(),
+                               first_logits=prefilled.last_logits)
+
+    assert group_by_shape(compressed) == [[0, 2, 3], [1]]
+    assert [g.token_ids for g in grouped] == expected
