@@ -42,7 +42,7 @@ def _command_run(args) -> int:
         config = parse_config({**config.model_dump(), **overrides})
 
     if args.resume:
-        # Checked before the flow starts, which takes seconds; the flow checks again.
+        # Checked here because starting the flow takes seconds. The flow checks again.
         from storage.store import ResultStore
 
         ResultStore(config.store).read_run(args.resume)

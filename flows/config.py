@@ -28,7 +28,7 @@ def _choices(names_function):
 def _also_by_name(names_function):
     """JSON-schema hook: a spec may also be its bare name, as the YAML file and the `_from_name` validators allow.
 
-    Without it the deployment's schema rejects `methods: ["full"]` before pydantic sees it.
+    Without it the deployment's schema rejects `methods: ["full"]` before pydantic validates it.
     """
 
     def add_string_form(schema: dict) -> None:
@@ -103,8 +103,8 @@ class BenchmarkSpec(BaseModel):
     @model_validator(mode="after")
     def _check(self):
         build_benchmark(self.name, **self.params)
-        # Checked here so that a wrong path stops the run before a model loads; the benchmark
-        # reads the file on the Ray actor.
+        # The benchmark reads the file on the Ray actor, after the model loads. Checking the path
+        # here stops the run sooner.
         data_path = self.params.get("data_path")
         if isinstance(data_path, str) and not Path(data_path).exists():
             raise ConfigError(
@@ -166,7 +166,7 @@ class RunConfig(BaseModel):
 
 
 def _model_at(location: tuple) -> type[BaseModel]:
-    """Return the config class that holds the key at a validation error's location."""
+    """Return the config class that contains the key at a validation error's location."""
     if len(location) > 2 and location[0] == "methods":
         return MethodSpec
     if len(location) > 2 and location[0] == "benchmarks":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import uuid
 from collections.abc import Callable
 
@@ -34,7 +35,9 @@ def write_atomic(root: StoreRoot, relative: str, write: Callable[[pa.NativeFile]
         if directory:
             root.fs.create_dir(root.path(directory), recursive=True)
     except OSError as error:
-        raise StoreIOError(f"result store root {root.display!r} is not writable: {first_line(error)}") from None
+        raise StoreIOError(
+            f"result store root {root.display!r} is not writable: {first_line(error)}; {_remedy(error)}"
+        ) from None
 
     try:
         with root.fs.open_output_stream(root.path(temporary)) as sink:
@@ -44,9 +47,16 @@ def write_atomic(root: StoreRoot, relative: str, write: Callable[[pa.NativeFile]
         _delete_quietly(root, temporary)
         if isinstance(error, OSError) and not isinstance(error, StoreIOError):
             raise StoreIOError(
-                f"cannot write {base_name(relative)} under {root.display!r}: {first_line(error)}"
+                f"cannot write {base_name(relative)} under {root.display!r}: {first_line(error)}; {_remedy(error)}"
             ) from None
         raise
+
+
+def _remedy(error: OSError) -> str:
+    """Return what the user can do about a failed store write, by errno."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free disk space there or choose another store root"
+    return "choose a store root (a folder or URI) that this process can write to"
 
 
 def _delete_quietly(root: StoreRoot, relative: str) -> None:

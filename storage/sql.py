@@ -257,7 +257,7 @@ def _execute(
                 kind = statement.type.name
                 raise QueryError(
                     f"SQL error: {kind} statements are rejected on a read-only connection; "
-                    "pass allow_writes=True to run them"
+                    "pass allow_writes=True (the CLI flag --allow-writes) to run them"
                 )
 
     unknown = set(params) - {name for statement in statements for name in statement.named_parameters}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -85,6 +86,19 @@ class ResultStore:
         relative = layout.run_file(row["run_id"])
         self._write_table(relative, table)
         return relative
+
+    def check_writable(self) -> None:
+        """Write and delete a hidden probe file under runs/, raising StoreIOError when the store is not writable.
+
+        A run calls this before its first write, so that a store it cannot write
+        rejects the run before anything else happens. It leaves only the runs/ folder.
+        """
+        probe = f"runs/.write-probe-{uuid.uuid4().hex}"
+        write_atomic(self.root, probe, lambda sink: sink.write(b"probe"))
+        try:
+            self.root.fs.delete_file(self.root.path(probe))
+        except OSError as error:
+            raise StoreIOError(f"cannot delete {probe} under {self.root.display!r}: {first_line(error)}") from None
 
     def completed_chunks(self, run_id: str) -> set[tuple[str, int]]:
         """Return the (cell_id, chunk_index) pairs of `run_id` whose sample rows are in the store.

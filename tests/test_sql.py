@@ -174,7 +174,7 @@ def test_run_query_rejects_writes(store_root, tmp_path):
     with pytest.raises(QueryError) as caught:
         run_query(store_root, f"COPY (SELECT 1) TO '{target}'")
     assert str(caught.value) == (
-        "SQL error: COPY statements are rejected on a read-only connection; pass allow_writes=True to run them"
+        "SQL error: COPY statements are rejected on a read-only connection; pass allow_writes=True (the CLI flag --allow-writes) to run them"
     )
     assert not target.exists()
     run_query(store_root, f"COPY (SELECT 1 AS a) TO '{target}'", allow_writes=True)
