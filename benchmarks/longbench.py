@@ -34,12 +34,21 @@ METRICS = {
 
 def row_to_sample(task: LongBenchTask, row: dict, index: int) -> Sample:
     """Fill the task's templates with one LongBench row (fields input, context, answers, ...)."""
-    missing = [name for name in REQUIRED_FIELDS if name not in row]
+    # `datasets` fills a key missing from some rows with None, so a null counts as missing.
+    missing = [name for name in REQUIRED_FIELDS if row.get(name) is None]
     if missing:
         raise BenchmarkError(f"LongBench row {index} of task {task.name!r} lacks field(s) {', '.join(missing)}")
     answers = row["answers"]
     if isinstance(answers, str):
         answers = [answers]
+    if not isinstance(answers, (list, tuple)) or not all(isinstance(answer, str) for answer in answers):
+        raise BenchmarkError(
+            f"LongBench row {index} of task {task.name!r} has answers={answers!r}; expected a string or a list of strings"
+        )
+    if not isinstance(row["context"], str) or not row["context"].strip():
+        raise BenchmarkError(
+            f"LongBench row {index} of task {task.name!r} has context={str(row['context'])[:40]!r}; expected non-empty text"
+        )
     row_id = row.get("_id") or f"{index:04d}"
     return Sample(
         sample_id=f"{task.name}-{row_id}",
