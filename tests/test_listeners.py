@@ -231,6 +231,6 @@ def test_sql_rejects_writes_without_flag(tmp_path):
     assert result.stdout == ""
     assert result.stderr.splitlines() == [
         "capkv-eval: SQL error: CREATE statements are rejected on a read-only connection; "
-        "pass allow_writes=True to run them"
+        "pass allow_writes=True (the CLI flag --allow-writes) to run them"
     ]
     assert not (tmp_path / "results").exists()
