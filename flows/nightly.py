@@ -63,6 +63,8 @@ def nightly_regression(
 
     comparisons = compare_runs(store_root, candidate, baseline, thresholds)
     report = markdown_report(candidate, baseline, comparisons)
+    if summary["dashboard"]:
+        report += f"\nDashboard of run {candidate}: [{summary['dashboard']}](file://{summary['dashboard']})\n"
     create_markdown_artifact(key="nightly-regression", markdown=report, description=f"{candidate} vs {baseline}")
     logger.info("regression report (also the artifact nightly-regression):\n%s", report)
     create_table_artifact(
