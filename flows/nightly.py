@@ -23,7 +23,7 @@ def default_suite() -> RunConfig:
 
 
 def last_good_nightly(store_root: str, before_run: str) -> str | None:
-    """The newest completed nightly run other than `before_run`, by start time."""
+    """Return the newest completed nightly run other than `before_run`, by start time."""
     connection = connect(store_root)
     try:
         row = connection.execute(

@@ -106,7 +106,7 @@ def _compare_group(key: tuple, rows: list[tuple], thresholds: Thresholds) -> Com
 
 
 def markdown_report(candidate: str, baseline: str, comparisons: list[Comparison]) -> str:
-    """A markdown summary and table of every comparison, regressions first."""
+    """Return a markdown summary and a table of every comparison, regressions first."""
     regressed = [c for c in comparisons if c.regressed]
     lines = [
         f"# Nightly regression check: {candidate} against {baseline}",
