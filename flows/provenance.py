@@ -21,7 +21,7 @@ def new_run_id(now: dt.datetime | None = None) -> str:
 
 
 def git_commit() -> str | None:
-    """The commit of the source tree this package runs from, when it is a git checkout."""
+    """Return the commit of the source tree this package runs from, when it is a git checkout."""
     source = Path(__file__).resolve().parent.parent
     try:
         result = subprocess.run(

@@ -39,7 +39,8 @@ def test_leverage_sum_is_dim_minus_trace():
     gram = torch.eye(6, dtype=torch.float64) + torch.einsum("nd,n,ne->de", values[0, 0], weights[0, 0], values[0, 0])
     expected = 6 - torch.trace(torch.linalg.inv(gram))
     assert torch.allclose(scores.sum(), expected, atol=1e-10)
-    assert bool((scores >= 0).all() and (scores < 1).all())
+    assert bool((scores >= 0).all())
+    assert bool((scores < 1).all())
 
 
 def test_duplicate_tokens_score_equally_and_lower():

@@ -70,7 +70,9 @@ def test_memory_and_fidelity_columns(finished_run):
     for method, budget, kept_bytes, full_bytes, context_tokens, kept_tokens, kl, agreement, error in rows:
         assert error is None
         if method == "full":
-            assert kept_bytes == full_bytes and kl == 0.0 and agreement == 1.0
+            assert kept_bytes == full_bytes
+            assert kl == 0.0
+            assert agreement == 1.0
         else:
             assert kept_tokens == budget
             assert abs(kept_bytes / full_bytes - budget / context_tokens) < 1e-9
@@ -89,7 +91,8 @@ def test_cli_prints_locations_and_dashboard(finished_run):
     assert f"results:   {store}" in result.stdout
     dashboard = Path(result.stdout.split("dashboard: ")[1].split()[0])
     html = dashboard.read_text()
-    assert "plotly" in html.lower() and '<script src="http' not in html
+    assert "plotly" in html.lower()
+    assert '<script src="http' not in html
 
 
 def test_sql_command_prints_table(finished_run):

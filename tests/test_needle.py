@@ -34,11 +34,13 @@ def test_needle_placed_at_depth(tokenizer):
     positions = []
     for sample in samples:
         value = sample.references[0]
-        assert len(value) == 5 and value.isdigit()
+        assert len(value) == 5
+        assert value.isdigit()
         assert f"The pass key is {value}." in sample.context
         positions.append(sample.context.index(value) / len(sample.context))
     assert positions == sorted(positions)
-    assert 0.05 < positions[0] < 0.2 and 0.8 < positions[-1] < 0.95
+    assert 0.05 < positions[0] < 0.2
+    assert 0.8 < positions[-1] < 0.95
 
 
 def test_context_length_in_model_tokens(tokenizer):
@@ -78,5 +80,6 @@ def test_protocols_split_at_question(tokenizer):
 
 def test_truncate_middle():
     kept, cut = truncate_middle(list(range(10)), 6)
-    assert kept == [0, 1, 2, 7, 8, 9] and cut == 4
+    assert kept == [0, 1, 2, 7, 8, 9]
+    assert cut == 4
     assert truncate_middle([1, 2], 6) == ([1, 2], 0)

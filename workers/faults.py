@@ -1,6 +1,6 @@
 """Fault injection for tests of the pipeline's failure handling, switched on by an environment variable.
 
-`CAPKV_EVAL_FAULTS` holds comma-separated faults; Ray actors inherit it from the driver:
+`CAPKV_EVAL_FAULTS` contains comma-separated faults, and Ray actors inherit it from the driver:
 - `invert-scores:METHOD`: METHOD keeps its lowest-scored tokens (a planted regression);
 - `nan-logits:SAMPLE_ID`: the prefill of that sample returns NaN logits;
 - `oom:METHOD`: every sample of METHOD's cells fails as if the device ran out of memory.
@@ -15,7 +15,7 @@ FAULTS_ENV = "CAPKV_EVAL_FAULTS"
 
 
 def active_faults() -> set[tuple[str, str]]:
-    """The (kind, target) pairs named in the environment."""
+    """Return the (kind, target) pairs named in the environment."""
     faults = set()
     for item in os.environ.get(FAULTS_ENV, "").split(","):
         if ":" in item:

@@ -1,6 +1,6 @@
 """Fidelity of a compressed cache to the full one: teacher-forced KL and top-1 agreement.
 
-Both caches are fed the same answer tokens, so the metrics show how far compression moves the
+Both caches are fed the same reference tokens, so the metrics show how far compression moves the
 next-token distribution even where a small model's task score is zero.
 """
 
@@ -15,7 +15,7 @@ from capkv.ragged import needs_ragged_attention, ragged_attention
 
 
 def copy_cache(cache):
-    """A copy whose layers can be extended without touching the original's tensors."""
+    """Return a copy whose layers can be extended without touching the original's tensors."""
     duplicate = copy.copy(cache)
     duplicate.layers = [copy.copy(layer) for layer in cache.layers]
     return duplicate
@@ -57,7 +57,7 @@ def answer_logits(
 
 
 def kl_and_agreement(full_logits: torch.Tensor, compressed_logits: torch.Tensor) -> tuple[float, float]:
-    """Mean KL(full || compressed) over answer positions, and the share of equal argmax tokens."""
+    """Mean KL(full || compressed) over reference positions, and the share of equal argmax tokens."""
     full_log_probs = full_logits.log_softmax(dim=-1)
     compressed_log_probs = compressed_logits.log_softmax(dim=-1)
     kl = (full_log_probs.exp() * (full_log_probs - compressed_log_probs)).sum(dim=-1)

@@ -243,10 +243,13 @@ def load_model(name: str, dtype: str = "bfloat16", device: str | None = None) ->
 
 
 def stop_token_ids(loaded: LoadedModel) -> set[int]:
-    """Token ids that end an answer: the generation config's EOS ids, the tokenizer's, and <|im_end|>."""
+    """Return the token ids that end a generation: the generation config's EOS ids, the tokenizer's, and <|im_end|>."""
     ids: set[int] = set()
     eos = loaded.model.generation_config.eos_token_id
-    ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    if isinstance(eos, list):
+        ids.update(eos)
+    elif eos is not None:
+        ids.add(eos)
     if loaded.tokenizer.eos_token_id is not None:
         ids.add(loaded.tokenizer.eos_token_id)
     for marker in ("<|im_end|>", "<|endoftext|>", "<end_of_turn>", "<|eot_id|>"):

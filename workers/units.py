@@ -42,6 +42,25 @@ class CellSpec:
         payload = json.dumps({**asdict(self), "code_version": CODE_VERSION}, sort_keys=True, default=str)
         return "c" + hashlib.sha256(payload.encode()).hexdigest()[:15]
 
+    def store_columns(self) -> dict:
+        """Return the columns that describe this cell, shared by its rows in the samples and cells tables."""
+        return {
+            "cell_id": self.cell_id,
+            "model": self.model,
+            "model_revision": self.model_revision,
+            "method": self.method,
+            "method_params": json.dumps(self.method_params, sort_keys=True),
+            "method_label": self.method_label,
+            "budget_kind": self.budget_kind,
+            "budget": self.budget,
+            "budget_ratio": self.budget_ratio,
+            "benchmark": self.benchmark,
+            "benchmark_version": self.benchmark_version,
+            "query_aware": self.query_aware,
+            "chat_template": self.chat_template,
+            "seed": self.seed,
+        }
+
     def describe(self) -> str:
         budget = f"ratio {self.budget_ratio}" if self.budget_ratio is not None else (
             "full" if self.budget is None else str(self.budget)
