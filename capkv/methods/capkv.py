@@ -36,9 +36,10 @@ def leverage_scores(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor
     head_dim = values.shape[-1]
     identity = torch.eye(head_dim, dtype=values.dtype, device=values.device)
     gram = torch.einsum("bhnd,bhn,bhne->bhde", values, weights, values) + identity  # (batch, heads, d, d)
-    cholesky = torch.linalg.cholesky(gram)
-    solved = torch.cholesky_solve(values.transpose(-1, -2), cholesky)  # (batch, heads, d, n) = A^{-1} U^T
-    return weights * (values * solved.transpose(-1, -2)).sum(dim=-1)
+    # A is d x d and n >> d, so invert A once and apply it with one matrix product: on CPU this is
+    # several times faster than a triangular solve with n right-hand sides.
+    inverse = torch.cholesky_inverse(torch.linalg.cholesky(gram))
+    return weights * (torch.matmul(values, inverse) * values).sum(dim=-1)
 
 
 def log_capacity(values: torch.Tensor, weights: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
