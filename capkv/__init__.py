@@ -6,6 +6,7 @@ Depends on torch and transformers only, so it can be imported without the rest o
 from capkv.capacity import capacity
 from capkv.capture import LayerCapture, capture_queries
 from capkv.decode_eviction import DecodeEviction
+from capkv.decoding import Sampling
 from capkv.engine import CompressedCache, Generation, Prefill, compress, generate, prefill, prefill_options
 from capkv.memory import cache_bytes
 from capkv.methods import build_method, list_methods
@@ -16,6 +17,7 @@ __all__ = [
     "Generation",
     "LayerCapture",
     "Prefill",
+    "Sampling",
     "build_method",
     "cache_bytes",
     "capacity",

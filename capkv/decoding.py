@@ -1,4 +1,4 @@
-"""Greedy decoding from a (possibly compressed) cache, at the tokens' true positions."""
+"""Decoding from a (possibly compressed) cache at the tokens' true positions: greedy or sampled."""
 
 from __future__ import annotations
 
@@ -12,9 +12,40 @@ from torch import nn
 from capkv.ragged import needs_ragged_attention, ragged_attention
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """Sampled decoding: softmax at `temperature`, restricted to the smallest set of tokens whose
+    probability reaches `top_p` (nucleus sampling), drawn with a generator seeded by `seed`.
+    Temperature 0 means greedy."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.temperature >= 0:
+            raise ValueError(f"invalid sampling temperature={self.temperature!r}; expected a number >= 0")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"invalid sampling top_p={self.top_p!r}; expected a number in (0, 1]")
+
+
+def choose_token(logits: torch.Tensor, sampling: Sampling | None, generator: torch.Generator | None) -> int:
+    """Return the next token from (vocab,) logits: the argmax, or a draw under `sampling`."""
+    if sampling is None or sampling.temperature == 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits.float().cpu() / sampling.temperature, dim=-1)  # the seeded generator lives on the CPU
+    if sampling.top_p < 1:
+        sorted_probs, order = probs.sort(descending=True)
+        # Keep a token while the mass before it is below top_p, so the most likely token always stays.
+        outside = sorted_probs.cumsum(dim=-1) - sorted_probs >= sampling.top_p
+        sorted_probs = sorted_probs.masked_fill(outside, 0.0)
+        return int(order[torch.multinomial(sorted_probs, 1, generator=generator)])
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
 @dataclass
 class Generation:
-    """Greedy continuation of a (possibly compressed) cache."""
+    """Continuation of a (possibly compressed) cache."""
 
     token_ids: list[int]
     seconds: float
@@ -57,8 +88,12 @@ def generate(
     suffix_ids: torch.Tensor | None = None,
     return_logits: bool = False,
     decode_eviction=None,
+    sampling: Sampling | None = None,
 ) -> Generation:
-    """Greedy decoding for batch size 1 from `cache`, whose next true position is `next_position`.
+    """Decode for batch size 1 from `cache`, whose next true position is `next_position`.
+
+    Greedy unless `sampling` is given; a sampled generation depends only on `sampling.seed`
+    (its own CPU generator), not on the global random state.
 
     Either `suffix_ids` (1, n) are fed first (the question after a compressed context), or
     `first_logits` from the prefill give the first token. The cache is extended in place. Caches
@@ -71,6 +106,9 @@ def generate(
     position = next_position
     tokens: list[int] = []
     step_logits: list[torch.Tensor] = []
+    generator = None
+    if sampling is not None:
+        generator = torch.Generator(device="cpu").manual_seed(sampling.seed)
     with torch.no_grad(), ExitStack() as stack:
         _decoding_context(model, cache, stack, decode_eviction)
         if suffix_ids is not None and suffix_ids.shape[1] > 0:
@@ -86,7 +124,7 @@ def generate(
         for step in range(max_new_tokens):
             if return_logits:
                 step_logits.append(logits[0])
-            token = int(logits[0].argmax())
+            token = choose_token(logits[0], sampling, generator)
             tokens.append(token)
             if token in stop_token_ids or step == max_new_tokens - 1:
                 break

@@ -138,6 +138,15 @@ class RunConfig(BaseModel):
     seed: int = 0
     dtype: Literal["bfloat16", "float32"] = "bfloat16"
     max_new_tokens: PositiveInt | None = None
+    # When the cache is cut: "prefill" compresses the prompt's cache once; "decode" also keeps it at
+    # the budget while generating. None runs each benchmark in its own phase: decode for benchmarks
+    # that declare decode-time eviction (aime), prefill for the others.
+    phases: Annotated[list[Literal["prefill", "decode"]], Field(min_length=1)] | None = None
+    # Generated tokens between two decode-time cuts; None takes the benchmark's setting, else 32.
+    decode_interval: PositiveInt | None = None
+    # Decode equal-shaped compressed caches of one sample in one batch where that gives identical
+    # tokens (float32 on CPU); see capkv.batched.
+    batch_decode: bool = True
     chunk_size: PositiveInt = 2
     num_actors: PositiveInt = 1
     chunk_retries: Annotated[int, Field(ge=0, le=10)] = 1  # Prefect retries of a failed (model, benchmark, chunk)
@@ -156,6 +165,15 @@ class RunConfig(BaseModel):
     def _budgets_fit_methods(self):
         if not self.budgets and not self.ratios:
             raise ConfigError("no budgets and no ratios given; give at least one budget (tokens) or ratio")
+        if self.phases is not None and len(set(self.phases)) != len(self.phases):
+            raise ConfigError(f"phases {self.phases} repeat a phase; give each of prefill, decode at most once")
+        if self.phases is not None and "decode" in self.phases and not self.budgets:
+            for spec in self.benchmarks:
+                if build_benchmark(spec.name, **spec.params).decode_eviction is None:
+                    raise ConfigError(
+                        f"benchmark {spec.name!r} runs in the decode phase but the config gives only ratios; "
+                        "decode-time eviction needs budgets in tokens"
+                    )
         for spec in self.methods:
             for params in spec.settings():
                 method = build_method(spec.name, **params)

@@ -15,6 +15,7 @@ from prefect.cache_policies import NONE as NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import provenance
+from storage.schema import SCHEMA_VERSION
 from benchmarks import BenchmarkError
 from flows.config import RunConfig, parse_config
 from flows.matrix import chunk_count, expand_cells, plan_units
@@ -46,7 +47,7 @@ def _utcnow() -> dt.datetime:
 
 def _cell_row(run_id: str, cell: CellSpec, status: str, error: str | None = None) -> dict:
     return {
-        "schema_version": 1,
+        "schema_version": SCHEMA_VERSION,
         "run_id": run_id,
         **cell.store_columns(),
         "num_samples": cell.num_samples,
@@ -59,7 +60,7 @@ def _cell_row(run_id: str, cell: CellSpec, status: str, error: str | None = None
 
 def _run_row(run_id: str, config: RunConfig, status: str, started: dt.datetime, finished=None) -> dict:
     return {
-        "schema_version": 1,
+        "schema_version": SCHEMA_VERSION,
         "run_id": run_id,
         "status": status,
         "started_at": started,

@@ -3,43 +3,88 @@
 from __future__ import annotations
 
 from benchmarks import build_benchmark
+from benchmarks.base import Benchmark
 from capkv.methods import build_method
-from flows.config import RunConfig
+from flows.config import ConfigError, RunConfig
 from workers.models import model_revision
 from workers.units import CellSpec, WorkUnit
 
 
+DEFAULT_DECODE_INTERVAL = 32
+
+
+def benchmark_phases(config: RunConfig, benchmark: Benchmark) -> list[str]:
+    """The phases a benchmark runs in: the config's, else decode for benchmarks that declare it."""
+    if config.phases is not None:
+        return list(config.phases)
+    return ["decode"] if benchmark.decode_eviction is not None else ["prefill"]
+
+
+def phase_budgets(config: RunConfig, benchmark: Benchmark, phase: str) -> list[tuple[int | None, float | None]]:
+    """(budget, ratio) pairs of one phase. Decode-time eviction keeps a token count, so it takes the
+    token budgets only, or the benchmark's declared target when the config gives ratios alone."""
+    if phase == "prefill":
+        return [(b, None) for b in config.budgets] + [(None, r) for r in config.ratios]
+    if config.budgets:
+        return [(b, None) for b in config.budgets]
+    if benchmark.decode_eviction is not None:
+        return [(benchmark.decode_eviction.target, None)]
+    raise ConfigError(
+        f"benchmark {benchmark.name!r} runs in the decode phase but the config gives only ratios; "
+        "decode-time eviction needs budgets in tokens"
+    )
+
+
+def phase_label(method_label: str, phase: str) -> str:
+    """Label of a method in one phase; decode-phase cells say so, so that groupings by label keep phases apart."""
+    return method_label if phase == "prefill" else f"{method_label} [{phase}]"
+
+
+def decode_interval(config: RunConfig, benchmark: Benchmark) -> int:
+    if config.decode_interval is not None:
+        return config.decode_interval
+    declared = benchmark.decode_eviction
+    return declared.interval if declared is not None else DEFAULT_DECODE_INTERVAL
+
+
 def expand_cells(config: RunConfig) -> list[CellSpec]:
-    """One cell per (model, benchmark, method, budget); the full cache gets one cell, not one per budget."""
+    """One cell per (model, benchmark, phase, method, budget); the full cache gets one cell, not one per budget."""
     cells: list[CellSpec] = []
     for model in config.models:
         revision = model_revision(model)
         for bench_spec in config.benchmarks:
             benchmark = build_benchmark(bench_spec.name, **bench_spec.params)
             methods = [build_method(spec.name, **params) for spec in config.methods for params in spec.settings()]
-            for method in methods:
-                budgets = [(b, None) for b in config.budgets] + [(None, r) for r in config.ratios]
-                for budget, ratio in budgets if method.evicts else [(None, None)]:
-                    cells.append(
-                        CellSpec(
-                            model=model,
-                            model_revision=revision,
-                            method=method.name,
-                            method_params=method.params,
-                            method_label=method.label,
-                            budget=budget,
-                            benchmark=benchmark.name,
-                            benchmark_params=dict(bench_spec.params),
-                            benchmark_version=benchmark.version,
-                            num_samples=bench_spec.num_samples,
-                            query_aware=config.query_aware,
-                            chat_template=config.chat_template and benchmark.chat_template,
-                            seed=config.seed,
-                            dtype=config.dtype,
-                            max_new_tokens=config.max_new_tokens,
-                            budget_ratio=ratio,
-                        )
+            phases = benchmark_phases(config, benchmark)
+            settings = [
+                (method, phase, budget, ratio)
+                for method in methods
+                for phase in (phases if method.evicts else phases[:1])
+                for budget, ratio in (phase_budgets(config, benchmark, phase) if method.evicts else [(None, None)])
+            ]
+            for method, phase, budget, ratio in settings:
+                cells.append(
+                    CellSpec(
+                        model=model,
+                        model_revision=revision,
+                        method=method.name,
+                        method_params=method.params,
+                        method_label=phase_label(method.label, phase) if method.evicts else method.label,
+                        budget=budget,
+                        benchmark=benchmark.name,
+                        benchmark_params=dict(bench_spec.params),
+                        benchmark_version=benchmark.version,
+                        num_samples=bench_spec.num_samples,
+                        query_aware=config.query_aware,
+                        chat_template=config.chat_template and benchmark.chat_template,
+                        seed=config.seed,
+                        dtype=config.dtype,
+                        max_new_tokens=config.max_new_tokens,
+                        budget_ratio=ratio,
+                        phase=phase,
+                        decode_interval=decode_interval(config, benchmark) if phase == "decode" and method.evicts else None,
                     )
+                )
     return cells
 
 
@@ -77,6 +122,7 @@ def plan_units(
                     seed=first.seed,
                     run_id=run_id,
                     max_new_tokens=first.max_new_tokens,
+                    batch_decode=config.batch_decode,
                 )
             )
     return units

@@ -8,11 +8,11 @@ import numpy as np
 
 from storage.sql import connect
 
-KEY_COLUMNS = ("model", "method_label", "budget", "benchmark")
+KEY_COLUMNS = ("model", "method_label", "budget", "benchmark", "phase")
 
 _PAIRED_ROWS = """
 SELECT
-    c.model, c.method_label, c.budget, c.benchmark, c.sample_id,
+    c.model, c.method_label, c.budget, c.benchmark, coalesce(c.phase, 'prefill') AS phase, c.sample_id,
     c.score AS score_new, b.score AS score_base,
     c.kv_bytes_kept AS bytes_new, b.kv_bytes_kept AS bytes_base,
     c.prefill_s + c.compression_s + c.decode_s AS seconds_new,
@@ -22,8 +22,9 @@ JOIN samples b
   ON b.run_id = $baseline
  AND c.model = b.model AND c.method_label = b.method_label AND c.benchmark = b.benchmark
  AND c.budget IS NOT DISTINCT FROM b.budget AND c.sample_id = b.sample_id
+ AND coalesce(c.phase, 'prefill') = coalesce(b.phase, 'prefill')
 WHERE c.run_id = $candidate AND c.error IS NULL AND b.error IS NULL
-ORDER BY c.model, c.method_label, c.budget, c.benchmark, c.sample_id
+ORDER BY c.model, c.method_label, c.budget, c.benchmark, phase, c.sample_id
 """
 
 
@@ -40,12 +41,13 @@ class Thresholds:
 
 @dataclass
 class Comparison:
-    """One (model, method, budget, benchmark) compared on the samples both runs share."""
+    """One (model, method, budget, benchmark, phase) compared on the samples both runs share."""
 
     model: str
     method_label: str
     budget: int | None
     benchmark: str
+    phase: str
     n: int
     score_base: float
     score_new: float
@@ -81,17 +83,17 @@ def compare_runs(store_root: str, candidate: str, baseline: str, thresholds: Thr
 
     groups: dict[tuple, list[tuple]] = {}
     for row in rows:
-        groups.setdefault(tuple(row[:4]), []).append(row)
+        groups.setdefault(tuple(row[: len(KEY_COLUMNS)]), []).append(row)
     return [_compare_group(key, group, thresholds) for key, group in groups.items()]
 
 
 def _compare_group(key: tuple, rows: list[tuple], thresholds: Thresholds) -> Comparison:
-    score_new = np.array([row[5] for row in rows], dtype=float)
-    score_base = np.array([row[6] for row in rows], dtype=float)
+    score_new = np.array([row[6] for row in rows], dtype=float)
+    score_base = np.array([row[7] for row in rows], dtype=float)
     differences = score_new - score_base
     low, high = paired_bootstrap_ci(differences, thresholds.resamples, thresholds.seed)
-    bytes_ratio = float(np.mean([row[7] for row in rows]) / max(np.mean([row[8] for row in rows]), 1))
-    latency_ratio = float(np.mean([row[9] for row in rows]) / max(np.mean([row[10] for row in rows]), 1e-9))
+    bytes_ratio = float(np.mean([row[8] for row in rows]) / max(np.mean([row[9] for row in rows]), 1))
+    latency_ratio = float(np.mean([row[10] for row in rows]) / max(np.mean([row[11] for row in rows]), 1e-9))
 
     reasons = []
     delta = float(differences.mean())

@@ -22,7 +22,9 @@ import pyarrow as pa
 
 from storage.errors import SchemaError
 
-SCHEMA_VERSION = 1
+# Version 2 added the decode-time eviction and sampling columns (phase and decode_interval in
+# cells; decode_interval, num_generations, predictions, decode_compressions, max_cached_tokens in samples).
+SCHEMA_VERSION = 2
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 
@@ -102,6 +104,11 @@ SAMPLES_SCHEMA = pa.schema(
         _field("tokens_generated", pa.int64()),
         _field("error", pa.string()),
         _field("created_at", TIMESTAMP, required=True),
+        _field("decode_interval", pa.int64()),
+        _field("num_generations", pa.int64()),
+        _field("predictions", pa.list_(pa.string())),
+        _field("decode_compressions", pa.int64()),
+        _field("max_cached_tokens", pa.int64()),
     ]
 )
 
@@ -117,6 +124,8 @@ CELLS_SCHEMA = pa.schema(
         _field("error", pa.string()),
         _field("config", pa.string()),
         _field("updated_at", TIMESTAMP, required=True),
+        _field("phase", pa.string()),
+        _field("decode_interval", pa.int64()),
     ]
 )
 

@@ -169,3 +169,33 @@ def test_grouped_decoding_mixes_ragged_and_batched():
 
     assert group_by_shape(compressed) == [[0, 2, 3], [1]]
     assert [g.token_ids for g in grouped] == expected
+
+
+def test_worker_batches_a_samples_cells_with_identical_rows(smollm2_float32):
+    from flows.config import parse_config
+    from flows.matrix import expand_cells, plan_units
+    from workers.evaluate import evaluate_unit
+
+    data = {
+        "methods": ["full", "snapkv", "capkv", "streaming_llm", "knorm", "adakv"], "budgets": [64],
+        "benchmarks": [{"name": "needle", "num_samples": 1, "params": {"context_length": 500}}],
+        "dtype": "float32", "max_new_tokens": 10,
+    }
+    results = {}
+    for batch_decode in (False, True):
+        config = parse_config({**data, "batch_decode": batch_decode})
+        units = plan_units(config, expand_cells(config), "run-20261205T000000-bbbbbb")
+        rows = [row for cell_rows in evaluate_unit(smollm2_float32, units[0]).values() for row in cell_rows]
+        results[batch_decode] = {row["method"]: row for row in rows}
+
+    for method, row in results[True].items():
+        alone = results[False][method]
+        assert row.get("error") is None and alone.get("error") is None
+        assert (row["prediction"], row["tokens_generated"], row["score"]) == (
+            alone["prediction"], alone["tokens_generated"], alone["score"]
+        ), method
+    # The four equal-shaped budget-64 caches shared one batch, whose time is split evenly among
+    # them; the full cache and adakv's ragged heads decoded alone.
+    shared_times = {results[True][method]["decode_s"] for method in ("snapkv", "capkv", "streaming_llm", "knorm")}
+    assert len(shared_times) == 1
+    assert results[True]["adakv"]["decode_s"] not in shared_times

@@ -131,6 +131,12 @@ CONFIG_CASES = [
     ("sample count zero", {"benchmarks": [{"name": "needle", "num_samples": 0}]},
      "invalid benchmarks.0.num_samples=0: Input should be greater than 0"),
     ("unknown dtype", {"dtype": "int8"}, "invalid dtype='int8': Input should be 'bfloat16' or 'float32'"),
+    ("unknown phase", {"phases": ["generate"]}, "invalid phases.0='generate': Input should be 'prefill' or 'decode'"),
+    ("repeated phase", {"phases": ["decode", "decode"]},
+     "phases ['decode', 'decode'] repeat a phase; give each of prefill, decode at most once"),
+    ("decode phase with ratios only", {"phases": ["decode"], "budgets": [], "ratios": [0.5]},
+     "benchmark 'needle' runs in the decode phase but the config gives only ratios; decode-time eviction needs "
+     "budgets in tokens"),
     ("misspelt key", {"budgetz": [64]},
      "unknown config key 'budgetz' (did you mean 'budgets'?); accepted: models, methods, budgets, ratios, …"),
     ("misspelt nested key", {"methods": [{"name": "capkv", "parms": {"tau": 1.0}}]},

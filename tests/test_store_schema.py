@@ -43,10 +43,10 @@ def minimal_sample(**overrides):
 
 
 def test_schema_column_counts():
-    assert len(SAMPLES_SCHEMA) == 46
-    assert len(CELLS_SCHEMA) == 21
+    assert len(SAMPLES_SCHEMA) == 51
+    assert len(CELLS_SCHEMA) == 23
     assert len(RUNS_SCHEMA) == 10
-    assert SCHEMA_VERSION == 1
+    assert SCHEMA_VERSION == 2
 
 
 def test_rows_to_table_fills_missing():
@@ -76,7 +76,7 @@ def test_rows_to_table_fills_missing():
         ({"metrics": {"f1": "high"}}, "expected a dict of str to numbers"),
         ({"created_at": dt.datetime(2026, 1, 1)}, "expected a timezone-aware datetime"),
         ({"model": None}, "missing value for required column 'model' in row 0"),
-        ({"schema_version": 2}, "expected 1, the only version this writer writes"),
+        ({"schema_version": 1}, "expected 2, the only version this writer writes"),
     ],
 )
 def test_rows_to_table_rejects(overrides, message):
@@ -114,7 +114,7 @@ def test_conform_table_adds_missing_columns():
 
 def test_conform_table_rejects_newer_columns():
     newer = pa.table({"run_id": ["run-1"], "attention_entropy": [0.5]})
-    with pytest.raises(SchemaError, match="attention_entropy are unknown to schema version 1"):
+    with pytest.raises(SchemaError, match="attention_entropy are unknown to schema version 2"):
         conform_table(newer, SAMPLES_SCHEMA)
 
 

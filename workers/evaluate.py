@@ -13,17 +13,21 @@ import torch
 from benchmarks import BenchmarkError, build_benchmark
 from benchmarks.base import Benchmark, Sample
 from benchmarks.prompt import PromptTokens
-from capkv import Prefill, build_method, capacity, compress, generate, prefill, prefill_options
+from capkv import (
+    CompressedCache, DecodeEviction, Prefill, Sampling, build_method, capacity, compress, generate, prefill,
+    prefill_options,
+)
+from capkv.batched import generate_grouped
 from capkv.memory import cache_bytes, peak_memory_bytes
 from capkv.methods.base import EvictionMethod
 from workers.faults import active_faults, invert_scores
 from workers.fidelity import answer_logits, copy_cache, kl_and_agreement
 from workers.models import LoadedModel, stop_token_ids
+from storage.schema import SCHEMA_VERSION
 from workers.units import CellSpec, WorkUnit
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
 
 
 def _base_row(unit: WorkUnit, cell: CellSpec, sample: Sample) -> dict:
@@ -34,7 +38,6 @@ def _base_row(unit: WorkUnit, cell: CellSpec, sample: Sample) -> dict:
         **cell.store_columns(),
         "task": sample.task,
         "truncation": "middle",
-        "phase": "prefill",
         "sample_id": sample.sample_id,
         "sample_metadata": json.dumps(sample.metadata, sort_keys=True, default=str),
         "references": list(sample.references),
@@ -64,6 +67,10 @@ class SharedPrefill:
     reference_logits: torch.Tensor
     suffix_ids: torch.Tensor | None
 
+    @property
+    def suffix_ids_list(self) -> list[int]:
+        return [] if self.suffix_ids is None else self.suffix_ids[0].tolist()
+
 
 def prefill_sample(loaded: LoadedModel, sample: Sample, prompt: PromptTokens, methods: list[EvictionMethod]) -> SharedPrefill:
     """Encode the prompt once with the full cache, capturing what every method's scorer reads."""
@@ -84,17 +91,20 @@ def prefill_sample(loaded: LoadedModel, sample: Sample, prompt: PromptTokens, me
     return SharedPrefill(prefilled, cache_bytes(prefilled.cache), target_ids, reference_logits, suffix_ids)
 
 
-def evaluate_cell(
-    loaded: LoadedModel,
-    benchmark: Benchmark,
-    sample: Sample,
-    prompt: PromptTokens,
-    shared: SharedPrefill,
-    cell: CellSpec,
-    method: EvictionMethod,
-    max_new_tokens: int,
-) -> dict:
-    """Compress a copy of the shared cache for one cell, measure fidelity, decode and score."""
+@dataclass
+class CompressedCell:
+    """One cell after compression: its cache and the row fields known before decoding."""
+
+    cell: CellSpec
+    method: EvictionMethod
+    compressed: CompressedCache
+    fields: dict
+
+
+def compress_cell(
+    loaded: LoadedModel, prompt: PromptTokens, shared: SharedPrefill, cell: CellSpec, method: EvictionMethod
+) -> CompressedCell:
+    """Compress a copy of the shared cache for one cell and measure its fidelity and capacity."""
     if ("oom", method.name) in active_faults():
         raise MemoryError(f"simulated out-of-memory in {cell.describe()}")
     prefilled = shared.prefilled
@@ -108,37 +118,112 @@ def evaluate_cell(
         prefilled.last_logits, prompt.suffix_ids,
     )
     kl, agreement = kl_and_agreement(shared.reference_logits, compressed_logits)
-    generation = generate(
-        loaded.model,
-        compressed.cache,
-        next_position=prefilled.context_length,
-        max_new_tokens=max_new_tokens,
-        stop_token_ids=stop_token_ids(loaded),
-        first_logits=prefilled.last_logits,
-        suffix_ids=shared.suffix_ids,
-    )
-    prediction = loaded.tokenizer.decode(generation.token_ids, skip_special_tokens=True).strip()
-    metrics = benchmark.score(prediction, sample)
     per_layer = compressed.kept_tokens_per_layer
-    return {
+    fields = {
         "kept_tokens": sum(per_layer) / len(per_layer),
         "kept_tokens_total": int(round(compressed.kept_tokens_total)),
         "kept_tokens_per_layer": per_layer,
-        "prediction": prediction,
-        "score": metrics[benchmark.primary_metric],
-        "metrics": metrics,
         "kl": kl,
         "top1_agreement": agreement,
         "capacity": capacity(prefilled, compressed),
         "kv_bytes_full": shared.kv_bytes_full,
         "kv_bytes_kept": compressed.kv_bytes,
         "masked_only": method.masked_only,
-        "peak_memory_bytes": peak_memory_bytes(loaded.device),
         "prefill_s": prefilled.seconds,
         "compression_s": compressed.seconds,
-        "decode_s": generation.seconds,
-        "tokens_generated": len(generation.token_ids),
     }
+    return CompressedCell(cell, method, compressed, fields)
+
+
+def _draws(benchmark: Benchmark, seed: int) -> list[Sampling | None]:
+    """Return one greedy draw, or the benchmark's sampled draws with seeds seed, seed + 1, ..."""
+    settings = benchmark.sampling
+    if settings is None:
+        return [None]
+    return [Sampling(settings.temperature, settings.top_p, seed + index) for index in range(settings.num_generations)]
+
+
+def decode_cell(
+    loaded: LoadedModel,
+    benchmark: Benchmark,
+    sample: Sample,
+    shared: SharedPrefill,
+    item: CompressedCell,
+    max_new_tokens: int,
+    seed: int,
+) -> dict:
+    """Generate from one compressed cell and score it: greedy, or k sampled generations scored as avg@k.
+
+    A decode-phase cell keeps its cache at the budget while generating (`capkv.DecodeEviction`);
+    its byte columns then describe the cache at the end of the generation.
+    """
+    prefilled = shared.prefilled
+    draws = _draws(benchmark, seed)
+    decoding_phase = item.cell.phase == "decode"
+    generations, evictions, final_bytes = [], [], []
+    for sampling in draws:
+        cache = copy_cache(item.compressed.cache) if len(draws) > 1 else item.compressed.cache
+        eviction = None
+        if decoding_phase and item.method.evicts:
+            eviction = DecodeEviction(item.method, target=item.compressed.budget, interval=item.cell.decode_interval)
+            eviction.resume_from(item.compressed.kept_indices, prefilled.captures)
+        generations.append(
+            generate(
+                loaded.model, cache, next_position=prefilled.context_length, max_new_tokens=max_new_tokens,
+                stop_token_ids=stop_token_ids(loaded), first_logits=prefilled.last_logits,
+                suffix_ids=shared.suffix_ids, decode_eviction=eviction, sampling=sampling,
+            )
+        )
+        evictions.append(eviction)
+        final_bytes.append(cache_bytes(cache))
+    fields: dict = {"num_generations": len(draws)}
+    if decoding_phase:
+        fed = max(len(generation.token_ids) for generation in generations) - 1 + len(shared.suffix_ids_list)
+        if item.method.evicts:
+            fields.update(
+                decode_interval=item.cell.decode_interval,
+                decode_compressions=max(eviction.stats.compressions for eviction in evictions),
+                max_cached_tokens=max(max(e.stats.max_tokens_per_layer.values(), default=0) for e in evictions),
+            )
+        fields.update(
+            kv_bytes_kept=max(final_bytes),
+            # A full cache grows by the same bytes for every token, so scale the prompt's full bytes.
+            kv_bytes_full=round(shared.kv_bytes_full * (prefilled.context_length + fed) / prefilled.context_length),
+        )
+    return {**_score_generations(loaded, benchmark, sample, generations), **fields}
+
+
+def _score_generations(loaded: LoadedModel, benchmark: Benchmark, sample: Sample, generations: list) -> dict:
+    predictions = [loaded.tokenizer.decode(g.token_ids, skip_special_tokens=True).strip() for g in generations]
+    if benchmark.sampling is None:
+        metrics = benchmark.score(predictions[0], sample)
+    else:
+        metrics = benchmark.score_generations(predictions, sample)
+    return {
+        "prediction": predictions[0],
+        "predictions": predictions if benchmark.sampling is not None else None,
+        "score": metrics[benchmark.primary_metric],
+        "metrics": metrics,
+        "peak_memory_bytes": peak_memory_bytes(loaded.device),
+        "decode_s": sum(g.seconds for g in generations),
+        "tokens_generated": sum(len(g.token_ids) for g in generations),
+    }
+
+
+def decode_batched(
+    loaded: LoadedModel, benchmark: Benchmark, sample: Sample, shared: SharedPrefill,
+    items: list[CompressedCell], max_new_tokens: int,
+) -> list[dict]:
+    """Decode prefill-phase cells greedily, batching caches of equal shapes where that gives
+    the same tokens as decoding them one by one (`capkv.batched.group_by_shape`)."""
+    generations = generate_grouped(
+        loaded.model, [item.compressed for item in items], shared.prefilled.context_length, max_new_tokens,
+        stop_token_ids(loaded), first_logits=shared.prefilled.last_logits, suffix_ids=shared.suffix_ids,
+    )
+    return [
+        {**_score_generations(loaded, benchmark, sample, [generation]), "num_generations": 1}
+        for generation in generations
+    ]
 
 
 def _prompt_fields(prompt: PromptTokens, context_tokens: int | None) -> dict:
@@ -157,6 +242,8 @@ def evaluate_sample(
     prompt: PromptTokens,
     cells: list[tuple[CellSpec, EvictionMethod]],
     max_new_tokens: int,
+    seed: int = 0,
+    batch_decode: bool = True,
 ) -> dict[str, dict]:
     """Prefill once and evaluate every cell; return a partial row per cell_id.
 
@@ -164,7 +251,7 @@ def evaluate_sample(
     """
     rows: dict[str, dict] = {}
     for group in _prefill_groups(cells):
-        rows.update(_evaluate_group(loaded, benchmark, sample, prompt, group, max_new_tokens))
+        rows.update(_evaluate_group(loaded, benchmark, sample, prompt, group, max_new_tokens, seed, batch_decode))
     return rows
 
 
@@ -180,7 +267,10 @@ def _prefill_groups(cells: list[tuple[CellSpec, EvictionMethod]]) -> list[list[t
     return list(groups.values())
 
 
-def _evaluate_group(loaded, benchmark, sample, prompt, cells, max_new_tokens) -> dict[str, dict]:
+CELL_FAILURES = (RuntimeError, ValueError, MemoryError)  # torch.OutOfMemoryError is a RuntimeError
+
+
+def _evaluate_group(loaded, benchmark, sample, prompt, cells, max_new_tokens, seed, batch_decode) -> dict[str, dict]:
     try:
         shared = prefill_sample(loaded, sample, prompt, [method for _, method in cells])
     except (RuntimeError, ValueError, FloatingPointError, MemoryError) as failure:
@@ -188,16 +278,38 @@ def _evaluate_group(loaded, benchmark, sample, prompt, cells, max_new_tokens) ->
         error = {**_prompt_fields(prompt, len(prompt.context_ids)), "error": _error_text(failure)}
         return {cell.cell_id: dict(error) for cell, _ in cells}
 
-    rows: dict[str, dict] = {}
     context_fields = _prompt_fields(prompt, shared.prefilled.context_length)
+    results: dict[str, dict] = {}
+    ready: list[CompressedCell] = []
     for cell, method in cells:
         try:
-            result = evaluate_cell(loaded, benchmark, sample, prompt, shared, cell, method, max_new_tokens)
-        except (RuntimeError, ValueError, MemoryError) as failure:  # torch.OutOfMemoryError is a RuntimeError
-            log.error("sample %s, %s failed: %s", sample.sample_id, cell.describe(), failure)
-            result = {"kv_bytes_full": shared.kv_bytes_full, "error": _error_text(failure)}
-        rows[cell.cell_id] = {**context_fields, **result}
-    return rows
+            ready.append(compress_cell(loaded, prompt, shared, cell, method))
+        except CELL_FAILURES as failure:
+            results[cell.cell_id] = _cell_error(sample, cell, shared, failure)
+
+    # Greedy prefill-phase cells may share decoding batches; the rest decode one by one.
+    batchable = [item for item in ready if batch_decode and item.cell.phase == "prefill" and benchmark.sampling is None]
+    if len(batchable) > 1:
+        try:
+            for item, decoded in zip(batchable, decode_batched(loaded, benchmark, sample, shared, batchable, max_new_tokens)):
+                results[item.cell.cell_id] = {**item.fields, **decoded}
+        except CELL_FAILURES as failure:  # decode them one by one, so only a failing cell gets an error row
+            log.warning("sample %s: batched decoding failed (%s); decoding cells one by one",
+                        sample.sample_id, _error_text(failure))
+    for item in ready:
+        if item.cell.cell_id in results:
+            continue
+        try:
+            decoded = decode_cell(loaded, benchmark, sample, shared, item, max_new_tokens, seed)
+            results[item.cell.cell_id] = {**item.fields, **decoded}
+        except CELL_FAILURES as failure:
+            results[item.cell.cell_id] = _cell_error(sample, item.cell, shared, failure)
+    return {cell.cell_id: {**context_fields, **results[cell.cell_id]} for cell, _ in cells}
+
+
+def _cell_error(sample: Sample, cell: CellSpec, shared: SharedPrefill, failure: BaseException) -> dict:
+    log.error("sample %s, %s failed: %s", sample.sample_id, cell.describe(), failure)
+    return {"kv_bytes_full": shared.kv_bytes_full, "error": _error_text(failure)}
 
 
 def _error_text(failure: BaseException) -> str:
@@ -263,7 +375,7 @@ def evaluate_unit(loaded: LoadedModel, unit: WorkUnit) -> dict[str, list[dict]]:
             for cell, _ in cells:
                 results[cell.cell_id].append({**_base_row(unit, cell, sample), "error": _error_text(failure)})
             continue
-        partial = evaluate_sample(loaded, benchmark, sample, prompt, cells, sample_tokens)
+        partial = evaluate_sample(loaded, benchmark, sample, prompt, cells, sample_tokens, unit.seed, unit.batch_decode)
         for cell, _ in cells:
             row = _base_row(unit, cell, sample)
             row["chat_template"] = prompt.chat_template  # what this sample used, e.g. off for few-shot tasks

@@ -29,6 +29,10 @@ class CellSpec:
     dtype: str
     max_new_tokens: int | None = None
     budget_ratio: float | None = None  # share of the context evicted, floor(T * (1 - ratio)) kept
+    # "prefill": the prompt's cache is compressed to the budget once. "decode": it is also kept
+    # at the budget while generating, cut back every `decode_interval` generated tokens.
+    phase: str = "prefill"
+    decode_interval: int | None = None
 
     @property
     def budget_kind(self) -> str:
@@ -59,13 +63,16 @@ class CellSpec:
             "query_aware": self.query_aware,
             "chat_template": self.chat_template,
             "seed": self.seed,
+            "phase": self.phase,
+            "decode_interval": self.decode_interval,
         }
 
     def describe(self) -> str:
         budget = f"ratio {self.budget_ratio}" if self.budget_ratio is not None else (
             "full" if self.budget is None else str(self.budget)
         )
-        return f"{self.method_label}@{budget} {self.benchmark} on {self.model}"
+        phase = f" ({self.phase} phase)" if self.phase != "prefill" else ""
+        return f"{self.method_label}@{budget}{phase} {self.benchmark} on {self.model}"
 
 
 @dataclass
@@ -84,3 +91,4 @@ class WorkUnit:
     seed: int = 0
     run_id: str = ""
     max_new_tokens: int | None = None
+    batch_decode: bool = True

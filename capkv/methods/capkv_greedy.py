@@ -9,34 +9,128 @@ import torch
 from capkv.methods.base import EvictionMethod, LayerInputs, MethodError
 from capkv.methods.capkv import capacity_weights, relevance
 
+DEFAULT_ACTIVE_SIZE = 64
+MAX_STEPS_PER_PRODUCT = 64  # bounds the (problems, n, steps) tensor of one catch-up product
 
-def greedy_log_det(values: torch.Tensor, weights: torch.Tensor, count: int) -> torch.Tensor:
+
+def greedy_log_det(
+    values: torch.Tensor, weights: torch.Tensor, count: int, active_size: int = DEFAULT_ACTIVE_SIZE
+) -> torch.Tensor:
     """Pick `count` tokens per (batch, head) greedily maximising log det(I + Σ_S w_i u_i u_iᵀ).
 
-    values: (batch, heads, n, d) float, weights: (batch, heads, n). Returns the picked indices
-    (batch, heads, count) in pick order. Adding token i to S raises log det by log(1 + w_i u_iᵀ M u_i)
-    with M = A_S⁻¹; Sherman–Morrison updates M and every u_iᵀ M u_i in O(n·d) per pick.
+    values: (batch, heads, n, d) float, weights: (batch, heads, n) with w_i >= 0. Returns the picked
+    indices (batch, heads, count) in pick order. Each step picks the largest gain log(1 + w_i u_iᵀ M u_i)
+    with M = A_S⁻¹, ties going to the lowest index. `active_size` sets how many leading candidates
+    are updated at every step (see `LazyGreedySearch`); it changes the speed, not the picks.
     """
     batch, heads, num_tokens, head_dim = values.shape
-    quadratic = (values * values).sum(dim=-1)  # u_iᵀ M u_i with M = I, (batch, heads, n)
-    inverse = torch.eye(head_dim, dtype=values.dtype, device=values.device).expand(batch, heads, -1, -1).clone()
-    taken = torch.zeros(batch, heads, num_tokens, dtype=torch.bool, device=values.device)
-    picks = []
-    for _ in range(min(count, num_tokens)):
-        gains = torch.log1p(weights * quadratic).masked_fill(taken, float("-inf"))
-        best = gains.argmax(dim=-1)  # (batch, heads)
-        picks.append(best)
-        taken.scatter_(-1, best[..., None], True)
+    count = min(count, num_tokens)
+    if count == 0:
+        return torch.zeros(batch, heads, 0, dtype=torch.long, device=values.device)
 
-        vector = values.gather(2, best[..., None, None].expand(-1, -1, 1, head_dim)).squeeze(2)  # (batch, heads, d)
-        weight = weights.gather(2, best[..., None]).squeeze(-1)  # (batch, heads)
-        direction = torch.einsum("bhij,bhj->bhi", inverse, vector)  # M u_s
-        denominator = 1 + weight * (vector * direction).sum(dim=-1)
-        projection = torch.einsum("bhnd,bhd->bhn", values, direction)  # u_iᵀ M u_s
-        quadratic = quadratic - weight[..., None] * projection**2 / denominator[..., None]
-        outer = direction[..., :, None] * direction[..., None, :]
-        inverse = inverse - (weight / denominator)[..., None, None] * outer
-    return torch.stack(picks, dim=-1) if picks else torch.zeros(batch, heads, 0, dtype=torch.long)
+    search = LazyGreedySearch(
+        values.reshape(batch * heads, num_tokens, head_dim), weights.reshape(batch * heads, num_tokens), active_size
+    )
+    picks = [search.pick() for _ in range(count)]
+    return torch.stack(picks, dim=-1).reshape(batch, heads, count)
+
+
+class LazyGreedySearch:
+    """Greedy log-det selection over independent problems that updates only the leading candidates per step.
+
+    Adding token s to the kept set changes M = A_S⁻¹ by a rank-one Sherman–Morrison term, so every
+    candidate's quadratic form u_iᵀ M u_i drops by c_s (u_iᵀ M u_s)² with c_s = w_s / (1 + w_s u_sᵀ M u_s).
+    The drops are never negative, so a gain computed earlier is an upper bound on the current one,
+    in floating point too (subtracting a non-negative number never increases a float). This is
+    lazy greedy (Minoux, 1978): a refresh brings all candidates up to date with one batched matrix
+    product, takes the `active_size` largest gains as the active set and records the largest gain
+    left outside it as the bound. Steps then update only the active set, and a step whose best
+    active gain is not strictly above the bound refreshes first. A pick therefore has the largest
+    gain of all candidates, and ties go to the lowest index, as in the plain greedy loop.
+
+    values: (problems, n, d), weights: (problems, n). Per step the cost is O(active_size · d + d²),
+    and a refresh costs O(n · d) per step since the previous refresh.
+    """
+
+    def __init__(self, values: torch.Tensor, weights: torch.Tensor, active_size: int):
+        if active_size < 1:
+            raise ValueError(f"invalid active_size={active_size}; expected an integer >= 1")
+        problems, num_tokens, head_dim = values.shape
+        self.values = values
+        self.weights = weights
+        self.active_size = active_size
+        self.quadratic = (values * values).sum(dim=-1)  # u_iᵀ M u_i as of the last refresh, (problems, n)
+        self.inverse = torch.eye(head_dim, dtype=values.dtype, device=values.device).repeat(problems, 1, 1)
+        self.taken = torch.zeros(problems, num_tokens, dtype=torch.bool, device=values.device)
+        self.rows = torch.arange(problems, device=values.device)
+        # Per pick since the last refresh: the picked index (problems,), M u_s (problems, d) and c_s (problems,).
+        self.pending_picks: list[torch.Tensor] = []
+        self.pending_directions: list[torch.Tensor] = []
+        self.pending_coefficients: list[torch.Tensor] = []
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Bring every candidate's quadratic form up to date and choose a new active set and bound."""
+        num_tokens = self.values.shape[1]
+        if self.pending_picks:
+            self.taken.scatter_(1, torch.stack(self.pending_picks, dim=1), True)
+            directions = torch.stack(self.pending_directions, dim=2)  # (problems, d, steps)
+            coefficients = torch.stack(self.pending_coefficients, dim=1)  # (problems, steps)
+            for start in range(0, directions.shape[2], MAX_STEPS_PER_PRODUCT):
+                chunk = slice(start, start + MAX_STEPS_PER_PRODUCT)
+                projections = torch.bmm(self.values, directions[:, :, chunk])  # u_iᵀ M u_s, (problems, n, steps)
+                self.quadratic -= (projections.square() * coefficients[:, None, chunk]).sum(dim=-1)
+            self.pending_picks, self.pending_directions, self.pending_coefficients = [], [], []
+
+        gains = (self.weights * self.quadratic).masked_fill(self.taken, float("-inf"))
+        sorted_gains, order = gains.sort(dim=-1, descending=True, stable=True)
+        size = self._active_set_size(sorted_gains)
+        self.bound = sorted_gains[:, size] if size < num_tokens else torch.full_like(sorted_gains[:, 0], float("-inf"))
+
+        # Ascending token order makes the first maximum of a step the lowest index among tied gains.
+        self.active = order[:, :size].sort(dim=-1).values  # (problems, size)
+        self.active_values = self.values.gather(1, self.active[..., None].expand(-1, -1, self.values.shape[2]))
+        self.active_weights = self.weights.gather(1, self.active)
+        self.active_quadratic = self.quadratic.gather(1, self.active)
+        self.active_taken = self.taken.gather(1, self.active)
+
+    def _active_set_size(self, sorted_gains: torch.Tensor) -> int:
+        """Smallest size >= active_size whose last active gain is strictly above the next one in every problem.
+
+        A tie across the cut would leave the best active gain equal to the bound, so no step could
+        pass its check; cutting only between two different gains avoids that. Returns n when no cut fits.
+        """
+        num_tokens = sorted_gains.shape[1]
+        if self.active_size >= num_tokens:
+            return num_tokens
+        allowed = (sorted_gains[:, self.active_size - 1 : -1] > sorted_gains[:, self.active_size :]).all(dim=0)
+        offsets = allowed.nonzero()
+        return self.active_size + int(offsets[0]) if len(offsets) else num_tokens
+
+    def pick(self) -> torch.Tensor:
+        """Pick the next token of every problem and update the active set and M; returns (problems,) indices."""
+        while True:
+            gains = (self.active_weights * self.active_quadratic).masked_fill_(self.active_taken, float("-inf"))
+            best_gain, slot = gains.max(dim=-1)  # first maximum, so the lowest index among ties
+            if bool((best_gain > self.bound).all()):
+                break
+            self.refresh()
+
+        picked = self.active[self.rows, slot]
+        self.active_taken[self.rows, slot] = True
+        vector = self.active_values[self.rows, slot]  # (problems, d)
+        weight = self.active_weights[self.rows, slot]
+        direction = (self.inverse * vector[:, None, :]).sum(dim=-1)  # M u_s
+        coefficient = weight / (1 + weight * (vector * direction).sum(dim=-1))
+
+        projection = (self.active_values * direction[:, None, :]).sum(dim=-1)  # u_iᵀ M u_s, (problems, size)
+        self.active_quadratic -= coefficient[:, None] * projection.square()
+        self.inverse -= coefficient[:, None, None] * (direction[:, :, None] * direction[:, None, :])
+
+        self.pending_picks.append(picked)
+        self.pending_directions.append(direction)
+        self.pending_coefficients.append(coefficient)
+        return picked
 
 
 @dataclass
