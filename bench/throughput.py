@@ -75,45 +75,36 @@ def run_ours(args) -> dict:
         prompt = build_prompt(loaded.tokenizer, sample, chat_template=True, query_aware=False)
         input_ids = torch.tensor([prompt.context_ids])
         suffix_ids = torch.tensor([prompt.suffix_ids]) if prompt.suffix_ids else None
-        # Methods that leave out different numbers of sink tokens from their query statistics need
-        # separate prefills; the default methods here all share one.
-        for sink_group in _sink_groups(methods):
-            prefilled = prefill(loaded.model, input_ids, **prefill_options(sink_group))
-            timings["prefill"] += prefilled.seconds
-            labels, caches = [], []
-            for ratio in args.ratios:
-                for method in sink_group:
-                    compressed = compress(loaded.model, prefilled, method, ratio=ratio)
-                    timings["compress"] += compressed.seconds
-                    labels.append(f"{method.name}@{ratio} {sample.sample_id}")
-                    caches.append(compressed)
-            exact_only = args.batch == "exact"
-            if args.batch == "never":
-                groups = [[i] for i in range(len(caches))]
-            else:
-                groups = group_by_shape(caches, exact_only=exact_only)
-            batch_sizes.extend(len(group) for group in groups)
-            decode_started = time.perf_counter()
-            if args.batch == "never":
-                generations = [generate_grouped(loaded.model, [cache], prefilled.context_length, args.max_new_tokens,
-                                                stops, prefilled.last_logits, suffix_ids)[0] for cache in caches]
-            else:
-                generations = generate_grouped(loaded.model, caches, prefilled.context_length, args.max_new_tokens,
-                                               stops, prefilled.last_logits, suffix_ids, exact_only=exact_only)
-            timings["decode"] += time.perf_counter() - decode_started
-            for label, generation in zip(labels, generations):
-                answers[label] = loaded.tokenizer.decode(generation.token_ids, skip_special_tokens=True).strip()
-                tokens_generated += len(generation.token_ids)
+        # One prefill serves every method, whatever number of sink tokens it leaves out.
+        prefilled = prefill(loaded.model, input_ids, **prefill_options(methods))
+        timings["prefill"] += prefilled.seconds
+        labels, caches = [], []
+        for ratio in args.ratios:
+            for method in methods:
+                compressed = compress(loaded.model, prefilled, method, ratio=ratio)
+                timings["compress"] += compressed.seconds
+                labels.append(f"{method.name}@{ratio} {sample.sample_id}")
+                caches.append(compressed)
+        exact_only = args.batch == "exact"
+        if args.batch == "never":
+            groups = [[i] for i in range(len(caches))]
+        else:
+            groups = group_by_shape(caches, exact_only=exact_only)
+        batch_sizes.extend(len(group) for group in groups)
+        decode_started = time.perf_counter()
+        if args.batch == "never":
+            generations = [generate_grouped(loaded.model, [cache], prefilled.context_length, args.max_new_tokens,
+                                            stops, prefilled.last_logits, suffix_ids)[0] for cache in caches]
+        else:
+            generations = generate_grouped(loaded.model, caches, prefilled.context_length, args.max_new_tokens,
+                                           stops, prefilled.last_logits, suffix_ids, exact_only=exact_only)
+        timings["decode"] += time.perf_counter() - decode_started
+        for label, generation in zip(labels, generations):
+            answers[label] = loaded.tokenizer.decode(generation.token_ids, skip_special_tokens=True).strip()
+            tokens_generated += len(generation.token_ids)
     total = time.perf_counter() - started
     return {"seconds": total, "timings": timings, "answers": answers, "tokens_generated": tokens_generated,
             "mean_batch": sum(batch_sizes) / max(len(batch_sizes), 1), "pairs": len(answers)}
-
-
-def _sink_groups(methods):
-    groups: dict[object, list] = {}
-    for method in methods:
-        groups.setdefault(method.num_sinks_needed if method.evicts else None, []).append(method)
-    return list(groups.values())
 
 
 def build_press(kvpress, name: str, ratio: float):

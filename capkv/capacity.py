@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from capkv.engine import CompressedCache, Prefill, indices_to_mask
+from capkv.engine import DEFAULT_NUM_SINKS, CompressedCache, Prefill, indices_to_mask
 from capkv.methods.base import LayerInputs
 from capkv.methods.capkv import capacity_weights, relevance
 
@@ -18,6 +18,8 @@ def layer_capacity(prefilled: Prefill, kept_indices: torch.Tensor | None, layer_
     """
     layer = prefilled.cache.layers[layer_idx]
     capture = prefilled.captures[layer_idx]
+    if capture.num_sinks <= DEFAULT_NUM_SINKS <= capture.max_num_sinks:  # one scale for every method's kept set
+        capture = capture.excluding(DEFAULT_NUM_SINKS)
     inputs = LayerInputs(layer_idx, len(prefilled.cache.layers), layer.keys, layer.values, capture)
     weights = capacity_weights(relevance(inputs), tau)  # (batch, num_kv_heads, seq_len)
     if kept_indices is not None:

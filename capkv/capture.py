@@ -7,6 +7,8 @@ The hooks live only inside the `capture_queries` context, so nothing global chan
 
 from __future__ import annotations
 
+import dataclasses
+
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,7 +30,9 @@ class LayerCapture:
     Chan's update) give the pre-RoPE covariance over the same positions. `attention_sums`
     (batch, num_heads, seq_len) is the causal attention each token received from every query,
     `attention_counts` (seq_len,) how many queries could see each token, and `hidden_states`
-    (batch, seq_len, hidden) the attention module's input.
+    (batch, seq_len, hidden) the attention module's input. `leading_prerope` and `leading_rotated`
+    (batch, num_heads, k, head_dim) keep the first k counted queries (positions num_sinks ..
+    num_sinks + k - 1), so that `excluding` can serve methods that leave out more sink tokens.
     """
 
     window_queries: torch.Tensor | None = None
@@ -43,6 +47,54 @@ class LayerCapture:
     tokens_seen: int = 0
     scaling: float = 1.0
     num_sinks: int = 0
+    leading_prerope: torch.Tensor | None = None
+    leading_rotated: torch.Tensor | None = None
+
+    @property
+    def max_num_sinks(self) -> int:
+        """Largest sink count `excluding` can serve."""
+        kept = 0 if self.leading_rotated is None else self.leading_rotated.shape[2]
+        return self.num_sinks + kept
+
+    def excluding(self, num_sinks: int) -> LayerCapture:
+        """Return the statistics over positions >= `num_sinks` instead of >= `self.num_sinks`.
+
+        The recorded leading queries are subtracted from the sums (and, with the second moment,
+        removed from the mean and centred second moment by the inverse of Chan's update), so the
+        result equals a capture with that sink count up to float32 rounding. Raises ValueError
+        outside num_sinks .. max_num_sinks.
+        """
+        if num_sinks == self.num_sinks:
+            return self
+        if not self.num_sinks <= num_sinks <= self.max_num_sinks:
+            raise ValueError(
+                f"cannot leave out {num_sinks} sink tokens from statistics captured without the first "
+                f"{self.num_sinks}; this capture serves {self.num_sinks} to {self.max_num_sinks}"
+            )
+        removed = num_sinks - self.num_sinks
+        removed_pre = self.leading_prerope[:, :, :removed]
+        removed_rot = self.leading_rotated[:, :, :removed]
+        count = self.query_count - removed
+        result = dataclasses.replace(
+            self,
+            query_sum=self.query_sum - removed_rot.sum(dim=2),
+            prerope_sum=self.prerope_sum - removed_pre.sum(dim=2),
+            query_count=count,
+            num_sinks=num_sinks,
+            leading_prerope=self.leading_prerope[:, :, removed:],
+            leading_rotated=self.leading_rotated[:, :, removed:],
+        )
+        if self.prerope_mean is not None:
+            block_mean = removed_pre.mean(dim=2)
+            centred = removed_pre - block_mean[:, :, None]
+            block_m2 = torch.einsum("bhti,bhtj->bhij", centred, centred)
+            remaining_mean = (self.prerope_mean * self.query_count - block_mean * removed) / max(count, 1)
+            delta = block_mean - remaining_mean
+            result.prerope_mean = remaining_mean
+            result.prerope_m2 = self.prerope_m2 - block_m2 - torch.einsum("bhi,bhj->bhij", delta, delta) * (
+                count * removed / self.query_count
+            )
+        return result
 
     @property
     def query_mean(self) -> torch.Tensor | None:
@@ -123,12 +175,20 @@ def causal_attention_sums(
     return sums
 
 
-def _accumulate(capture: LayerCapture, queries, rotated, skip: int, second_moment: bool) -> None:
+def _accumulate(capture: LayerCapture, queries, rotated, skip: int, second_moment: bool, leading: int) -> None:
     counted_pre = queries[:, :, skip:].float()
     counted_rot = rotated[:, :, skip:].float()
     count = counted_rot.shape[2]
     if count == 0:
         return
+    recorded = 0 if capture.leading_rotated is None else capture.leading_rotated.shape[2]
+    if recorded < leading:
+        new_pre, new_rot = counted_pre[:, :, : leading - recorded], counted_rot[:, :, : leading - recorded]
+        if capture.leading_rotated is None:
+            capture.leading_prerope, capture.leading_rotated = new_pre, new_rot
+        else:
+            capture.leading_prerope = torch.cat([capture.leading_prerope, new_pre], dim=2)
+            capture.leading_rotated = torch.cat([capture.leading_rotated, new_rot], dim=2)
     rot_sum = counted_rot.sum(dim=2)  # (batch, num_heads, head_dim)
     pre_sum = counted_pre.sum(dim=2)
     capture.query_sum = rot_sum if capture.query_sum is None else capture.query_sum + rot_sum
@@ -163,8 +223,12 @@ def capture_queries(
     second_moment: bool = False,
     attention_sums: bool = False,
     hidden_states: bool = False,
+    extra_sinks: int = 0,
 ):
     """Record per-layer query statistics for every forward pass run inside the context.
+
+    Statistics leave out the first `num_sinks` tokens. With `extra_sinks`, the next queries are
+    also kept so that `LayerCapture.excluding` serves up to num_sinks + extra_sinks.
 
     Yields the list of `LayerCapture`, one per decoder layer. Intended for one prefill forward:
     a second forward inside the same context adds to the sums and replaces the window.
@@ -187,7 +251,7 @@ def capture_queries(
                 if position_embeddings is not None:
                     rotated = rotate_queries(module, queries, position_embeddings)
                 skip = max(0, num_sinks - capture.tokens_seen)
-                _accumulate(capture, queries, rotated, skip, second_moment)
+                _accumulate(capture, queries, rotated, skip, second_moment, extra_sinks)
                 if attention_sums:
                     _add_attention_sums(capture, module, rotated, kwargs.get("past_key_values"))
                 if hidden_states:

@@ -53,16 +53,18 @@ class CompressedCache:
 
 
 def prefill_options(methods: list[EvictionMethod]) -> dict:
-    """Return the `prefill` keyword arguments that capture what every method in `methods` reads."""
+    """Return the `prefill` keyword arguments that capture what every method in `methods` reads.
+
+    Methods that leave different numbers of sink tokens out of their query statistics share the
+    prefill: it captures from the smallest count and keeps the queries up to the largest. The
+    default count (used by `capkv.capacity`) is always in that range.
+    """
     sink_counts = {m.num_sinks_needed for m in methods if m.evicts and m.num_sinks_needed is not None}
-    if len(sink_counts) > 1:
-        raise MethodError(
-            f"methods need query statistics without different sink counts {sorted(sink_counts)}; "
-            "prefill once per sink count or give the methods the same num_sinks"
-        )
+    sink_counts.add(DEFAULT_NUM_SINKS)
     return {
         "window_size": max([m.window_size for m in methods if m.evicts] + [0]),
-        "num_sinks": sink_counts.pop() if sink_counts else DEFAULT_NUM_SINKS,
+        "num_sinks": min(sink_counts),
+        "extra_sinks": max(sink_counts) - min(sink_counts),
         "second_moment": any(m.evicts and m.needs_query_covariance for m in methods),
         "attention_sums": any(m.evicts and m.needs_attention_sums for m in methods),
         "hidden_states": any(m.evicts and m.needs_hidden_states for m in methods),
@@ -77,6 +79,7 @@ def prefill(
     second_moment: bool = False,
     attention_sums: bool = False,
     hidden_states: bool = False,
+    extra_sinks: int = 0,
 ) -> Prefill:
     """Encode `input_ids` (batch, seq_len) with a full cache, capturing the queries scorers need.
 
@@ -89,7 +92,8 @@ def prefill(
                           "attention with a fused qkv projection is not supported")
     cache = DynamicCache(config=model.config)
     window = min(window_size, input_ids.shape[1])
-    options = {"second_moment": second_moment, "attention_sums": attention_sums, "hidden_states": hidden_states}
+    options = {"second_moment": second_moment, "attention_sums": attention_sums, "hidden_states": hidden_states,
+               "extra_sinks": extra_sinks}
     with torch.no_grad(), capture_queries(model, window, num_sinks, **options) as captures:
         output = model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
     return Prefill(
@@ -113,9 +117,13 @@ def check_prefill(method: EvictionMethod, prefilled: Prefill) -> None:
     if captured_window < needed_window:
         raise MethodError(f"{method.label} reads the last {needed_window} prompt queries but the prefill "
                           f"captured {captured_window}; {fix}")
-    if method.num_sinks_needed is not None and capture.num_sinks != method.num_sinks_needed:
-        raise MethodError(f"{method.label} needs query statistics without the first {method.num_sinks_needed} "
-                          f"tokens but the prefill left out {capture.num_sinks}; {fix}")
+    needed_sinks = method.num_sinks_needed
+    if needed_sinks is not None and not capture.num_sinks <= needed_sinks <= capture.max_num_sinks:
+        served = f"{capture.num_sinks} to {capture.max_num_sinks}" if capture.max_num_sinks > capture.num_sinks else (
+            str(capture.num_sinks)
+        )
+        raise MethodError(f"{method.label} needs query statistics without the first {needed_sinks} "
+                          f"tokens but the prefill left out {served}; {fix}")
     missing = [
         what
         for what, needed, present in (
@@ -207,9 +215,10 @@ def _compress_layer(model, prefilled, method, compressed, layer_idx: int, layer_
     if layer_budget is None or layer_budget >= seq_len:
         return None, torch.full((batch, num_kv_heads), seq_len, device=layer.keys.device)
 
-    inputs = layer_inputs(
-        model, layer_idx, layer.keys, layer.values, prefilled.captures[layer_idx], prefilled.context_length
-    )
+    capture = prefilled.captures[layer_idx]
+    if method.num_sinks_needed is not None:
+        capture = capture.excluding(method.num_sinks_needed)
+    inputs = layer_inputs(model, layer_idx, layer.keys, layer.values, capture, prefilled.context_length)
     if getattr(method, "custom_compression", False):
         return _compress_layer_with_press(model, method, compressed, layer_idx, inputs, layer_budget)
     if method.ragged:

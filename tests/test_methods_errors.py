@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from capkv import build_method, compress, prefill, prefill_options
+from capkv import build_method, compress, prefill
 from capkv.methods import MethodError
 from tests.conftest import tiny_llama
 
@@ -70,11 +70,6 @@ def test_prefill_missing_what_method_reads(prefilled_model):
     assert sinks.startswith(
         "capkv(num_sinks=2) needs query statistics without the first 2 tokens but the prefill left out 4"
     )
-
-
-def test_prefill_options_reject_mixed_sink_counts():
-    methods = [build_method("capkv", num_sinks=2), build_method("expected_attention")]
-    assert "different sink counts [2, 4]" in _error(lambda: prefill_options(methods))
 
 
 @pytest.mark.parametrize(

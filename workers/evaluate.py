@@ -245,26 +245,11 @@ def evaluate_sample(
     seed: int = 0,
     batch_decode: bool = True,
 ) -> dict[str, dict]:
-    """Prefill once and evaluate every cell; return a partial row per cell_id.
+    """Prefill once for every cell, then compress, decode and score each; return a partial row per cell_id.
 
     A failing prefill gives every cell an error row; a failing cell gives only that cell one.
     """
-    rows: dict[str, dict] = {}
-    for group in _prefill_groups(cells):
-        rows.update(_evaluate_group(loaded, benchmark, sample, prompt, group, max_new_tokens, seed, batch_decode))
-    return rows
-
-
-def _prefill_groups(cells: list[tuple[CellSpec, EvictionMethod]]) -> list[list[tuple[CellSpec, EvictionMethod]]]:
-    """Cells whose methods can share one prefill; methods with different sink counts cannot."""
-    groups: dict[int | None, list] = {}
-    for cell, method in cells:
-        key = method.num_sinks_needed if method.evicts else None
-        groups.setdefault(key, []).append((cell, method))
-    if None in groups and len(groups) > 1:  # the full cache joins any group
-        full_cells = groups.pop(None)
-        next(iter(groups.values())).extend(full_cells)
-    return list(groups.values())
+    return _evaluate_group(loaded, benchmark, sample, prompt, cells, max_new_tokens, seed, batch_decode)
 
 
 CELL_FAILURES = (RuntimeError, ValueError, MemoryError)  # torch.OutOfMemoryError is a RuntimeError
