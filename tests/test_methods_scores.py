@@ -157,6 +157,39 @@ def test_greedy_skips_a_duplicate_of_a_kept_direction():
     assert greedy_log_det(values, weights, 2)[0, 0].tolist() == [0, 2]
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_greedy_random_inputs_match_brute_force(seed, dtype):
+    generator = torch.Generator().manual_seed(seed)
+    values = torch.randn(2, 3, 24, 4, generator=generator, dtype=torch.float64)
+    weights = torch.rand(2, 3, 24, generator=generator, dtype=torch.float64) * 3
+    values[1, 2, 7] = values[1, 2, 3]  # an exact duplicate: ties go to the lower index
+    weights[1, 2, 7] = weights[1, 2, 3]
+    picks = greedy_log_det(values.to(dtype), weights.to(dtype), 24)  # every token, past d = 4
+    for batch in range(2):
+        for head in range(3):
+            reference = _brute_force_greedy(values[batch, head], weights[batch, head], 24)
+            assert picks[batch, head].tolist() == reference
+
+
+def test_greedy_zero_weights_match_brute_force():
+    generator = torch.Generator().manual_seed(5)
+    values = torch.randn(1, 2, 40, 3, generator=generator, dtype=torch.float64)
+    weights = torch.rand(1, 2, 40, generator=generator, dtype=torch.float64) + 0.1
+    weights[0, 0, 6:] = 0.0  # 6 relevant tokens, then only ties at gain 0
+    weights[0, 1, ::2] = 0.0
+    picks = greedy_log_det(values, weights, 40)
+    for head in range(2):
+        assert picks[0, head].tolist() == _brute_force_greedy(values[0, head], weights[0, head], 40)
+    assert picks[0, 0, 6:].tolist() == list(range(6, 40))
+
+
+def test_greedy_count_edge_cases():
+    values, weights = torch.randn(1, 2, 5, 3), torch.rand(1, 2, 5)
+    assert greedy_log_det(values, weights, 0).shape == (1, 2, 0)
+    assert sorted(greedy_log_det(values, weights, 9)[0, 1].tolist()) == [0, 1, 2, 3, 4]
+
+
 def test_capkv_greedy_keeps_sinks_and_budget():
     keys, values = torch.randn(1, 2, 30, 4), torch.randn(1, 2, 30, 4)
     layer = _layer(keys, values, query_sum=torch.randn(1, 4, 4), query_count=1)
