@@ -126,26 +126,43 @@ def ragged_attention_forward(
     group = num_heads // num_kv_heads
     scaling = head_dim**-0.5 if scaling is None else scaling
 
-    key_index = torch.arange(kv_len, device=query.device)
-    query_index = kv_len - q_len + torch.arange(q_len, device=query.device)
-    allowed = key_index[None, :] <= query_index[:, None]  # (q_len, kv_len), causal among new tokens
-    sliding_window = kwargs.get("sliding_window")
-    if sliding_window:
-        allowed = allowed & (key_index[None, :] > query_index[:, None] - sliding_window)
-    allowed = allowed.expand(batch, num_kv_heads, q_len, kv_len)
-    if isinstance(layer, RaggedLayer):
-        allowed = allowed & layer.key_mask()[:, :, None, :]
+    allowed = _allowed_keys(layer, batch, num_kv_heads, q_len, kv_len, kwargs.get("sliding_window"), query.device)
 
-    grouped = query.view(batch, num_kv_heads, group, q_len, head_dim)
-    logits = torch.matmul(grouped, key[:, :, None].transpose(3, 4)) * scaling  # (batch, kv, group, q, kv_len)
+    # The query heads sharing a KV head become rows of one matrix product per KV head. Broadcasting
+    # the keys over a group dimension took ~1.7x as long (SmolLM2 shapes, bf16, torch 2.13, AMD EPYC CPU).
+    rows = query.reshape(batch, num_kv_heads, group * q_len, head_dim)
+    logits = torch.matmul(rows, key.transpose(2, 3)) * scaling  # (batch, kv, group · q_len, kv_len)
+    logits = logits.view(batch, num_kv_heads, group, q_len, kv_len)
     softcap = kwargs.get("softcap") or getattr(module, "attn_logit_softcapping", None)
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
     logits = logits.masked_fill(~allowed[:, :, None], float("-inf"))
     weights = logits.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
-    output = torch.matmul(weights, value[:, :, None])  # (batch, kv, group, q_len, head_dim)
-    output = output.reshape(batch, num_heads, q_len, head_dim).transpose(1, 2).contiguous()
-    return output, weights.reshape(batch, num_heads, q_len, kv_len)
+    output = torch.matmul(weights.view(batch, num_kv_heads, group * q_len, kv_len), value)
+    output = output.view(batch, num_heads, q_len, head_dim).transpose(1, 2).contiguous()
+    return output, weights.view(batch, num_heads, q_len, kv_len)
+
+
+def _allowed_keys(
+    layer, batch: int, num_kv_heads: int, q_len: int, kv_len: int, sliding_window, device
+) -> torch.Tensor:
+    """Return which keys each query may attend, (batch, num_kv_heads, q_len, kv_len) bool.
+
+    A key is allowed when it is causal for the query, inside the sliding window (if any) and not padding.
+    """
+    ragged = isinstance(layer, RaggedLayer)
+    if q_len == 1 and not sliding_window and ragged:
+        return layer.key_mask()[:, :, None, :]  # a single new token may attend to every stored token
+
+    key_index = torch.arange(kv_len, device=device)
+    query_index = kv_len - q_len + torch.arange(q_len, device=device)
+    allowed = key_index[None, :] <= query_index[:, None]  # (q_len, kv_len), causal among new tokens
+    if sliding_window:
+        allowed = allowed & (key_index[None, :] > query_index[:, None] - sliding_window)
+    allowed = allowed.expand(batch, num_kv_heads, q_len, kv_len)
+    if ragged:
+        allowed = allowed & layer.key_mask()[:, :, None, :]
+    return allowed
 
 
 AttentionInterface.register(RAGGED_ATTENTION, ragged_attention_forward)
