@@ -93,8 +93,8 @@ class LongBenchBenchmark(Benchmark):
 
     task_names: list[str] | str | None = None
     data_path: str | None = None
-    # NOTE: THUDM/LongBench needs a loading script, which datasets 4.0 and later reject, so with the
-    # pinned datasets the hub path raises BenchmarkError; use data_path.
+    # THUDM/LongBench needs a loading script, which datasets 4.0 and later reject, so the hub path
+    # reads the hub's Parquet conversion of it (benchmarks.sources.read_hub_rows).
     hub_id: str = "THUDM/LongBench"
 
     def __post_init__(self) -> None:

@@ -10,6 +10,7 @@ from benchmarks.base import BenchmarkError
 log = logging.getLogger(__name__)
 
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+PARQUET_REVISION = "refs/convert/parquet"
 
 
 def read_local_rows(path: str | Path) -> list[dict]:
@@ -32,7 +33,14 @@ def read_hub_rows(hub_id: str, config: str | None, split: str) -> list[dict]:
     import datasets
 
     try:
-        dataset = datasets.load_dataset(hub_id, config, split=split)
+        try:
+            dataset = datasets.load_dataset(hub_id, config, split=split)
+        except RuntimeError as script_failure:
+            # datasets>=4 rejects repositories that still need a loading script (THUDM/LongBench).
+            # The hub keeps a Parquet conversion of such datasets on this branch.
+            # NOTE: not run against the hub here (no hub access); the tests replace load_dataset.
+            log.info("%s needs a loading script (%s); reading its Parquet conversion", hub_id, script_failure)
+            dataset = datasets.load_dataset(hub_id, config, split=split, revision=PARQUET_REVISION)
     except (OSError, RuntimeError, ValueError) as failure:
         # OSError covers offline mode and missing datasets; RuntimeError is how datasets>=4
         # rejects repositories that still need a loading script.

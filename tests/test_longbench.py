@@ -106,6 +106,28 @@ def test_offline_hub_names_local_fallback():
         build_benchmark("longbench", task_names="hotpotqa").load(None, 1, 0)
 
 
+def test_script_dataset_read_from_parquet_conversion(monkeypatch):
+    import datasets
+
+    calls = []
+    row = {"input": "Who wrote it?", "context": "Essay text.", "answers": ["Graham"], "length": 3,
+           "dataset": "hotpotqa", "language": "en", "all_classes": None, "_id": "x1"}
+
+    def load_dataset(hub_id, config, split, revision=None):
+        calls.append((hub_id, config, split, revision))
+        if revision is None:
+            raise RuntimeError("Dataset scripts are no longer supported, but found LongBench.py")
+        return [row]
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    samples = build_benchmark("longbench", task_names="hotpotqa").load(None, 1, 0)
+    assert calls == [
+        ("THUDM/LongBench", "hotpotqa", "test", None),
+        ("THUDM/LongBench", "hotpotqa", "test", "refs/convert/parquet"),
+    ]
+    assert [sample.references for sample in samples] == [("Graham",)]
+
+
 OFFICIAL_PROMPTS = {
     "narrativeqa": "You are given a story, which can be either a novel or a movie script, and a question. Answer the "
     "question asconcisely as you can, using a single phrase if possible. Do not provide any explanation.\n\nStory: "
