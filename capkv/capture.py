@@ -59,9 +59,9 @@ class LayerCapture:
     def excluding(self, num_sinks: int) -> LayerCapture:
         """Return the statistics over positions >= `num_sinks` instead of >= `self.num_sinks`.
 
-        The recorded leading queries are subtracted from the sums (and, with the second moment,
-        removed from the mean and centred second moment by the inverse of Chan's update), so the
-        result equals a capture with that sink count up to float32 rounding. Raises ValueError
+        The recorded leading queries are subtracted from the sums. With the second moment, they are
+        also removed from the mean and the centred second moment by the inverse of Chan's update.
+        The result equals a capture with that sink count up to float32 rounding. Raises ValueError
         outside num_sinks .. max_num_sinks.
         """
         if num_sinks == self.num_sinks:
