@@ -53,6 +53,13 @@ def _model_names() -> list[str]:
     return sorted(BUNDLED_MODELS)
 
 
+# The default matrix: every method that ships with capkv, at its default parameters.
+BUILT_IN_METHODS = (
+    "full", "streaming_llm", "snapkv", "capkv", "capkv-greedy", "random", "h2o", "pyramidkv", "adakv", "tova",
+    "knorm", "keydiff", "expected_attention",
+)
+
+
 class ConfigError(ValueError):
     """A run configuration that cannot be run; the message is one line."""
 
@@ -123,10 +130,8 @@ class RunConfig(BaseModel):
     models: list[Annotated[str, Field(json_schema_extra={"examples": ["smollm2-135m", "qwen2.5-coder-0.5b"]})]] = Field(
         default_factory=lambda: ["smollm2-135m"], min_length=1
     )
-    methods: list[MethodSpec] = Field(
-        default_factory=lambda: [MethodSpec(name=name) for name in ("full", "streaming_llm", "snapkv", "capkv")],
-        min_length=1,
-    )
+    methods: list[MethodSpec] = Field(default_factory=lambda: [MethodSpec(name=name) for name in BUILT_IN_METHODS],
+                                      min_length=1)
     budgets: list[PositiveInt] = Field(default_factory=lambda: [64, 128, 256, 512])
     # Compression ratios: the share of the context evicted, floor(T * (1 - ratio)) tokens kept.
     ratios: list[Annotated[float, Field(gt=0, lt=1)]] = Field(default_factory=list)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from flows.config import ConfigError, load_config, parse_config
+from flows.config import BUILT_IN_METHODS, ConfigError, load_config, parse_config
 from flows.matrix import expand_cells, plan_units
 
 
@@ -38,12 +38,13 @@ def test_missing_config_file(tmp_path):
 def test_default_matrix_cells_and_units():
     config = parse_config({})
     cells = expand_cells(config)
-    # full once, three compressing methods at four budgets each
-    assert len(cells) == 1 + 3 * 4
-    assert len({cell.cell_id for cell in cells}) == 13
+    # full once, the twelve compressing built-in methods at four budgets each
+    assert len(cells) == 1 + 12 * 4
+    assert len({cell.cell_id for cell in cells}) == 49
+    assert {cell.method for cell in cells} == set(BUILT_IN_METHODS)
     units = plan_units(config, cells, "run-x")
     assert [unit.sample_indices for unit in units] == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
-    assert all(len(unit.cells) == 13 for unit in units)
+    assert all(len(unit.cells) == 49 for unit in units)
 
 
 def test_plan_skips_stored_chunks():
