@@ -14,7 +14,7 @@ DEFAULT_DECODE_INTERVAL = 32
 
 
 def benchmark_phases(config: RunConfig, benchmark: Benchmark) -> list[str]:
-    """The phases a benchmark runs in: the config's, else decode for benchmarks that declare it."""
+    """Return the phases a benchmark runs in: the config's, else decode for benchmarks that declare it."""
     if config.phases is not None:
         return list(config.phases)
     return ["decode"] if benchmark.decode_eviction is not None else ["prefill"]
@@ -36,7 +36,7 @@ def phase_budgets(config: RunConfig, benchmark: Benchmark, phase: str) -> list[t
 
 
 def phase_label(method_label: str, phase: str) -> str:
-    """Label of a method in one phase; decode-phase cells say so, so that groupings by label keep phases apart."""
+    """Return a method's label for one phase. Decode-phase labels name the phase, so groupings by label keep phases apart."""
     return method_label if phase == "prefill" else f"{method_label} [{phase}]"
 
 
