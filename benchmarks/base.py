@@ -90,8 +90,8 @@ class Benchmark:
     chat_template: ClassVar[bool] = True
     primary_metric: ClassVar[str] = "score"
     higher_is_better: ClassVar[dict[str, bool]] = {}
-    # A run evaluates a benchmark with `decode_eviction` in the decode phase unless its config
-    # names the phases; `sampling` replaces greedy decoding for every cell (flows.matrix, workers.evaluate).
+    # A run evaluates a benchmark with `decode_eviction` in the decode phase unless its config names
+    # the phases. With `sampling`, every cell decodes by sampling instead of greedily (workers.evaluate).
     decode_eviction: ClassVar[DecodeEvictionSettings | None] = None
     sampling: ClassVar[SamplingSettings | None] = None
 

@@ -53,8 +53,8 @@ class LayerCapture:
     @property
     def max_num_sinks(self) -> int:
         """Largest sink count `excluding` can serve."""
-        kept = 0 if self.leading_rotated is None else self.leading_rotated.shape[2]
-        return self.num_sinks + kept
+        recorded = 0 if self.leading_rotated is None else self.leading_rotated.shape[2]
+        return self.num_sinks + recorded
 
     def excluding(self, num_sinks: int) -> LayerCapture:
         """Return the statistics over positions >= `num_sinks` instead of >= `self.num_sinks`.

@@ -190,7 +190,8 @@ def test_worker_batches_a_samples_cells_with_identical_rows(smollm2_float32):
 
     for method, row in results[True].items():
         alone = results[False][method]
-        assert row.get("error") is None and alone.get("error") is None
+        assert row.get("error") is None
+        assert alone.get("error") is None
         assert (row["prediction"], row["tokens_generated"], row["score"]) == (
             alone["prediction"], alone["tokens_generated"], alone["score"]
         ), method

@@ -59,9 +59,9 @@ def test_shared_prefill_keeps_the_same_tokens(model_and_prompt):
     for method in methods:
         alone = prefill(model, prompt, **prefill_options([method]))
         expected = compress(model, alone, method, 40).kept_indices
-        kept = compress(model, shared, method, 40).kept_indices
-        for layer_kept, layer_expected in zip(kept, expected):
-            assert torch.equal(layer_kept, layer_expected), method.label
+        shared_indices = compress(model, shared, method, 40).kept_indices
+        for layer_indices, layer_expected in zip(shared_indices, expected):
+            assert torch.equal(layer_indices, layer_expected), method.label
 
 
 def test_excluding_outside_the_captured_range(model_and_prompt):
