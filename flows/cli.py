@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import atexit
+import json
 import logging
 import os
 import sys
@@ -30,25 +32,26 @@ def _configure_environment() -> None:
 
 
 def _command_run(args) -> int:
-    from flows.config import load_config
+    from flows.config import load_config, parse_config
 
     config = load_config(args.config)
-    overrides = {}
     if args.store:
-        overrides["store"] = args.store
-    if overrides:
-        from flows.config import parse_config
+        config = parse_config({**config.model_dump(), "store": args.store})
 
-        config = parse_config({**config.model_dump(), **overrides})
+    from storage.store import ResultStore
 
+    store = ResultStore(config.store)
+    actors_config = config
     if args.resume:
         # Checked here because starting the flow takes seconds. The flow checks again.
-        from storage.store import ResultStore
+        actors_config = parse_config(json.loads(store.read_run(args.resume)["config"]))
+    store.check_writable()
 
-        ResultStore(config.store).read_run(args.resume)
+    from flows.evaluate import actor_spec, evaluate
+    from workers import pool
 
-    from flows.evaluate import evaluate
-
+    # The actors load their models while Prefect starts its server and the flow run.
+    pool.start_early(actor_spec(actors_config), shut_down_ray=True)
     _drop_tracebacks_of_input_errors()
     summary = evaluate(config, resume=args.resume)
     print(f"run {summary['run_id']} {summary['status']}: {summary['cells']} cells")
@@ -135,6 +138,12 @@ def _command_nightly(args) -> int:
     suite = load_config(args.config) if args.config else default_suite()
     if args.store:
         suite = suite.model_copy(update={"store": args.store})
+    from flows.evaluate import actor_spec
+    from storage.store import ResultStore
+    from workers import pool
+
+    ResultStore(suite.store).check_writable()
+    pool.start_early(actor_spec(suite), shut_down_ray=True)  # the models load while Prefect starts
     thresholds = Thresholds(
         score_drop=args.score_drop, kv_bytes_increase=args.kv_bytes_increase, latency_increase=args.latency_increase
     )
@@ -260,5 +269,32 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def entry() -> None:
+    """Run the `capkv-eval` program: main(), then end the process without Python's teardown.
+
+    The exit handlers still run first: they stop Prefect's temporary server and the local Ray
+    instance. What Python would do after them, releasing the objects of torch, transformers,
+    Prefect and Ray one by one, takes about 2 seconds and has nothing left to release.
+    """
+    status = [1]  # the exit status of a main() that raised
+    atexit.register(_end_process, status)  # registered first among ours, so it runs last
+    try:
+        status[0] = main()
+    except SystemExit as error:  # argparse's usage errors and --help
+        status[0] = error.code if isinstance(error.code, int) else int(error.code is not None)
+        raise
+    except KeyboardInterrupt:
+        status[0] = 130
+        raise
+    sys.exit(status[0])
+
+
+def _end_process(status: list[int]) -> None:
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status[0])
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

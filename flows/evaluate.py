@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,14 +20,9 @@ from flows.config import RunConfig, parse_config
 from flows.matrix import chunk_count, expand_cells, plan_units
 from flows.progress import RunProgress
 from storage.store import ResultStore
-from workers.actor import create_actor
+from workers import pool
 from workers.models import ModelError
-from workers.ray_runtime import cluster_gpus, start_ray
 from workers.units import CellSpec, WorkUnit
-
-# Actor handles of the current flow run, by model name. Kept out of task parameters so that
-# Prefect never tries to serialise or hash them.
-_ACTORS: dict[str, list] = {}
 
 
 @dataclass
@@ -80,7 +74,7 @@ def run_chunk(unit: WorkUnit, store_root: str, actor_slot: int) -> dict[str, str
     Returns the error of each cell whose every sample in this chunk failed. Writing the same
     (cell, chunk) again replaces the file, so a retried chunk never duplicates rows.
     """
-    actors = _ACTORS[unit.model]
+    actors = pool.actors_for(unit.model)
     rows_by_cell = _run_on_actor(actors[actor_slot % len(actors)], unit)
     store = ResultStore(store_root)
     failed_cells = {}
@@ -119,25 +113,23 @@ def _run_on_actor(actor, unit: WorkUnit, attempts: int = 6, wait_s: float = 5.0)
             attempt += 1
 
 
-def _start_actors(config: RunConfig, logger) -> None:
-    import ray
+def actor_spec(config: RunConfig) -> pool.ActorSpec:
+    """Return the actors `config` runs on: its models, dtype and actors per model."""
+    return pool.ActorSpec(tuple(config.models), config.dtype, config.num_actors)
 
-    _ACTORS.clear()
-    use_gpu = cluster_gpus() >= 1
-    total_cpus = int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
-    replicas = len(config.models) * config.num_actors
-    cpus_each = max(1, total_cpus // replicas)
-    for model in config.models:
-        _ACTORS[model] = [create_actor(model, config.dtype, cpus_each, use_gpu) for _ in range(config.num_actors)]
-        info = _remote_result(_ACTORS[model][0].describe.remote())
-        logger.info("actor ready: %s (%s) on %s, %d CPUs each, %d replica(s)", model, info["revision"],
-                    info["device"], cpus_each, config.num_actors)
+
+def _start_actors(config: RunConfig, logger) -> None:
+    """Take the run's actors (those started early for this config, or new ones) and wait until each has its model."""
+    for model, actors in pool.acquire(actor_spec(config)).items():
+        infos = [_remote_result(actor.describe.remote()) for actor in actors]
+        logger.info("actor ready: %s (%s) on %s, %d thread(s) each, %d replica(s)", model, infos[0]["revision"],
+                    infos[0]["device"], infos[0]["threads"], len(infos))
 
 
 def _check_samples(config: RunConfig) -> None:
     """Load every benchmark's samples on an actor of each model, which tokenizes them, before anything is written."""
     for model in config.models:
-        actor = _ACTORS[model][0]
+        actor = pool.actors_for(model)[0]
         for spec in config.benchmarks:
             _remote_result(actor.check_samples.remote(spec.name, spec.params, spec.num_samples, config.seed))
 
@@ -156,15 +148,6 @@ def _remote_result(reference):
         if isinstance(error.cause, (ModelError, BenchmarkError)):
             raise error.cause from None
         raise
-
-
-def _stop_actors() -> None:
-    import ray
-
-    for actors in _ACTORS.values():
-        for actor in actors:
-            ray.kill(actor)
-    _ACTORS.clear()
 
 
 def _absolute_root(root: str) -> str:
@@ -192,26 +175,25 @@ def evaluate(config: RunConfig = RunConfig(), resume: str | None = None) -> dict
     logger = get_run_logger()
     store_root = _absolute_root(config.store)
     store = ResultStore(store_root)
-    if resume:
-        stored = store.read_run(resume)  # raises a one-line error for an unknown run id
-        config = parse_config(json.loads(stored["config"]))  # one-line ConfigError if it no longer validates
-        run_id, started = resume, stored["started_at"]
-    else:
-        run_id, started = provenance.new_run_id(), _utcnow()
-
-    cells = expand_cells(config)
-    done = store.completed_chunks(run_id) if resume else set()
-    units = plan_units(config, cells, run_id, done)
-    # Every input check runs before the first write, so a rejected run leaves no files in the store.
-    store.check_writable()
     try:
+        if resume:
+            stored = store.read_run(resume)  # raises a one-line error for an unknown run id
+            config = parse_config(json.loads(stored["config"]))  # one-line ConfigError if it no longer validates
+            run_id, started = resume, stored["started_at"]
+        else:
+            run_id, started = provenance.new_run_id(), _utcnow()
+
+        cells = expand_cells(config)
+        done = store.completed_chunks(run_id) if resume else set()
+        units = plan_units(config, cells, run_id, done)
+        # Every input check runs before the first write, so a rejected run leaves no files in the store.
+        store.check_writable()
         if units:
-            start_ray()
             _start_actors(config, logger)  # a model that does not load raises ModelError
             _check_samples(config)  # a data file or sample that cannot be evaluated raises BenchmarkError
         failed = _run_units(config, store, store_root, run_id, started, cells, units, done, logger)
     finally:
-        _stop_actors()
+        pool.stop_all()  # also actors started early for a run that stopped before taking them over
 
     for cell in cells:
         status = "failed" if cell.cell_id in failed else "completed"

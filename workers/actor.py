@@ -32,7 +32,9 @@ class ModelWorker:
         self.units_done = 0
 
     def describe(self) -> dict:
-        """Return the model, revision, device, dtype and process id; raise the ModelError of a failed load."""
+        """Return the model, revision, device, dtype, process id and torch threads; raise the ModelError of a failed load."""
+        import torch
+
         if self.load_error is not None:
             raise self.load_error
         return {
@@ -41,6 +43,7 @@ class ModelWorker:
             "device": str(self.loaded.device),
             "dtype": str(self.loaded.dtype).removeprefix("torch."),
             "pid": os.getpid(),
+            "threads": torch.get_num_threads(),
         }
 
     def check_samples(self, benchmark: str, params: dict, num_samples: int, seed: int) -> int:
