@@ -1,28 +1,38 @@
 """Measure what Prefect and Ray add over a plain loop, and throughput with 1 and 2 Ray actors.
 
-The same cells (9 methods x 4 budgets on needle by default) run three ways:
+The same cells (9 methods x 4 budgets on needle by default) run as two commands, each timed
+from its start to its exit:
 
-- a plain loop: the model loaded in this process and `workers.evaluate.evaluate_unit` called on
-  each work unit that `flows.matrix.plan_units` makes;
-- `capkv-eval run --config` with `num_actors: 1`, and again with `num_actors: 2`, each into a fresh
-  store. The wall time covers the whole command: Prefect's ephemeral server, Ray start, the
-  actors' model loads, the cells, the store writes and the dashboard.
+- the plain loop (`--plain-loop STORE`, a subprocess of this script): import the engine, load
+  the model, call `workers.evaluate.evaluate_unit` on each work unit that
+  `flows.matrix.plan_units` makes and write every cell's rows with `ResultStore.write_chunk`,
+  as the flow's tasks do;
+- `capkv-eval run --config` with `num_actors: 1`, then with `num_actors: 2`, each into a fresh
+  store. Its time covers Prefect's ephemeral API server, Ray's start, the actors' model loads,
+  the cells, the store writes, the dashboard and the shutdown of Prefect and Ray.
+
+The overhead is the flow command's time minus the plain loop command's time. Each flow run's
+log splits its time into start (until the flow logs its work units), units (until the last
+unit's progress line) and finish (until the command exits).
 
 Throughput is (cell, sample) pairs per second. Peak RSS per actor is the maximum of the
 `peak_memory_bytes` column over the run's rows. That column is the writing actor's resident-set
 high-water mark. Rows do not name their actor, so with 2 actors the figure is the larger of the two.
 
-    .venv/bin/python bench/flow_overhead.py --samples 2 --context-length 1000 --max-new-tokens 8
+    .venv/bin/python -u bench/flow_overhead.py --samples 2 12 --actors 1 2
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -31,14 +41,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = ["streaming_llm", "snapkv", "tova", "knorm", "keydiff", "expected_attention", "capkv", "random", "adakv"]
+UNITS_PLANNED = re.compile(r"\d+ work units to run")
+UNIT_DONE = re.compile(r"cells \d+/\d+ complete, samples")
 
 
-def run_config(args, num_actors: int, store: str) -> dict:
+@dataclass
+class Timed:
+    seconds: float
+    pairs: int
+    detail: dict
+
+
+def run_config(args, num_samples: int, num_actors: int, store: str) -> dict:
     return {
         "models": [args.model],
         "methods": args.methods,
         "budgets": args.budgets,
-        "benchmarks": [{"name": "needle", "num_samples": args.samples,
+        "benchmarks": [{"name": "needle", "num_samples": num_samples,
                         "params": {"context_length": args.context_length}}],
         "max_new_tokens": args.max_new_tokens,
         "chunk_size": args.chunk_size,
@@ -47,43 +66,73 @@ def run_config(args, num_actors: int, store: str) -> dict:
     }
 
 
-def run_plain_loop(args) -> tuple[float, int, float]:
-    """Return (seconds, pairs, model load seconds) for evaluate_unit called in a loop in this process."""
-    from flows.config import parse_config
+def plain_loop(config_path: str) -> int:
+    """Run the plain loop command: write every row to the config's store, then print the phase times as JSON."""
+    started = time.perf_counter()
+    from flows.config import load_config
     from flows.matrix import expand_cells, plan_units
+    from storage.store import ResultStore
     from workers.evaluate import evaluate_unit
     from workers.models import load_model
 
-    config = parse_config(run_config(args, 1, "unused"))
-    load_started = time.perf_counter()
-    loaded = load_model(args.model, dtype=config.dtype)
-    load_seconds = time.perf_counter() - load_started
-    units = plan_units(config, expand_cells(config), run_id="plain-loop")
-    started = time.perf_counter()
+    config = load_config(config_path)
+    imported = time.perf_counter()
+    loaded = load_model(config.models[0], dtype=config.dtype)
+    model_loaded = time.perf_counter()
+    store = ResultStore(config.store)
     pairs = 0
-    for unit in units:
-        rows = evaluate_unit(loaded, unit)
-        pairs += sum(len(cell_rows) for cell_rows in rows.values())
-    return time.perf_counter() - started, pairs, load_seconds
+    for unit in plan_units(config, expand_cells(config), run_id="plain-loop"):
+        rows_by_cell = evaluate_unit(loaded, unit)
+        for cell in unit.cells:
+            store.write_chunk(unit.run_id, cell.cell_id, unit.chunk_index, rows_by_cell[cell.cell_id])
+            pairs += len(rows_by_cell[cell.cell_id])
+    finished = time.perf_counter()
+    print(json.dumps({"pairs": pairs, "import_s": imported - started, "load_s": model_loaded - imported,
+                      "loop_s": finished - model_loaded}))
+    return 0
 
 
-def run_flow(args, num_actors: int, workdir: Path) -> tuple[float, int, int]:
-    """Return (seconds, pairs, max peak_memory_bytes) for `capkv-eval run` with `num_actors` actors."""
-    from storage.sql import connect
-
-    store = workdir / f"store-{num_actors}"
-    config_path = workdir / f"run-{num_actors}.yaml"
-    config_path.write_text(yaml.safe_dump(run_config(args, num_actors, str(store))), encoding="utf-8")
-    command = [str(Path(sys.executable).parent / "capkv-eval"), "run", "--config", str(config_path)]
+def time_plain_loop(args, num_samples: int, workdir: Path) -> Timed:
+    config_path = workdir / f"plain-{num_samples}.yaml"
+    config_path.write_text(yaml.safe_dump(run_config(args, num_samples, 1, str(workdir / f"plain-{num_samples}"))))
     started = time.perf_counter()
-    completed = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
+    completed = subprocess.run([sys.executable, __file__, "--plain-loop", str(config_path)],
+                               capture_output=True, text=True, cwd=ROOT, check=False)
     seconds = time.perf_counter() - started
     if completed.returncode != 0:
+        raise RuntimeError(f"the plain loop failed with exit code {completed.returncode}:\n{completed.stderr[-3000:]}")
+    detail = json.loads(completed.stdout.strip().splitlines()[-1])
+    return Timed(seconds, detail["pairs"], detail)
+
+
+def time_flow(args, num_samples: int, num_actors: int, workdir: Path) -> Timed:
+    """Time `capkv-eval run` and split its time by the first lines of its log that mark each phase."""
+    from storage.sql import connect
+
+    store = workdir / f"flow-{num_samples}-{num_actors}"
+    config_path = workdir / f"flow-{num_samples}-{num_actors}.yaml"
+    config_path.write_text(yaml.safe_dump(run_config(args, num_samples, num_actors, str(store))))
+    command = [str(Path(sys.executable).parent / "capkv-eval"), "run", "--config", str(config_path)]
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    planned_at = last_unit_at = None
+    log = []
+    for line in process.stdout:
+        log.append(line)
+        if planned_at is None and UNITS_PLANNED.search(line):
+            planned_at = time.perf_counter() - started
+        if UNIT_DONE.search(line):
+            last_unit_at = time.perf_counter() - started
+    process.wait()
+    seconds = time.perf_counter() - started
+    if process.returncode != 0 or planned_at is None or last_unit_at is None:
         raise RuntimeError(f"capkv-eval run with {num_actors} actors failed with exit code "
-                           f"{completed.returncode}:\n{completed.stderr[-3000:]}")
+                           f"{process.returncode}:\n{''.join(log)[-3000:]}")
     connection = connect(str(store))
     pairs, peak = connection.execute("SELECT count(*), max(peak_memory_bytes) FROM samples").fetchone()
-    return seconds, int(pairs), int(peak or 0)
+    detail = {"start_s": planned_at, "units_s": last_unit_at - planned_at, "finish_s": seconds - last_unit_at,
+              "peak_rss_bytes": int(peak or 0)}
+    return Timed(seconds, int(pairs), detail)
 
 
 def main() -> int:
@@ -91,30 +140,38 @@ def main() -> int:
     parser.add_argument("--model", default="smollm2-135m", help="bundled model name, folder or hub id")
     parser.add_argument("--methods", nargs="+", default=METHODS, help="methods (one cell per method and budget)")
     parser.add_argument("--budgets", type=int, nargs="+", default=[64, 128, 256, 512], help="tokens kept per KV head")
-    parser.add_argument("--samples", type=int, default=2, help="needle samples per cell")
+    parser.add_argument("--samples", type=int, nargs="+", default=[2, 12],
+                        help="needle samples per cell; the whole comparison runs once per count")
     parser.add_argument("--context-length", type=int, default=1000, help="needle context length in tokens")
     parser.add_argument("--max-new-tokens", type=int, default=8, help="maximum answer tokens")
     parser.add_argument("--chunk-size", type=int, default=1, help="samples per work unit (units are spread over actors)")
-    parser.add_argument("--actors", type=int, nargs="*", default=[1, 2], help="actor counts to run through the flow")
+    parser.add_argument("--actors", type=int, nargs="+", default=[1, 2], help="actor counts to run through the flow")
+    parser.add_argument("--plain-loop", metavar="CONFIG", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.plain_loop:
+        return plain_loop(args.plain_loop)
 
     cells = len(args.methods) * len(args.budgets)
-    print(f"{cells} cells x {args.samples} needle samples at {args.context_length} tokens, "
-          f"max {args.max_new_tokens} new tokens, chunk size {args.chunk_size}; load average {os.getloadavg()[0]:.2f}",
-          flush=True)
-    plain_seconds, pairs, load_seconds = run_plain_loop(args)
-    plain_rate = pairs / plain_seconds
-    print(f"plain loop: {pairs} pairs in {plain_seconds:.1f} s (+ {load_seconds:.1f} s model load) -> "
-          f"{plain_rate:.3f} pairs/s; load average {os.getloadavg()[0]:.2f}", flush=True)
-
+    print(f"{cells} cells on needle samples of {args.context_length} tokens, max {args.max_new_tokens} new tokens, "
+          f"chunk size {args.chunk_size}; load average {os.getloadavg()[0]:.2f}", flush=True)
     with tempfile.TemporaryDirectory(prefix="capkv-flow-bench-") as workdir:
-        for num_actors in args.actors:
-            seconds, flow_pairs, peak = run_flow(args, num_actors, Path(workdir))
-            rate = flow_pairs / seconds
-            overhead = seconds - plain_seconds - load_seconds
-            print(f"capkv-eval run, {num_actors} actor(s): {flow_pairs} pairs in {seconds:.1f} s -> {rate:.3f} pairs/s "
-                  f"({rate / plain_rate:.2f}x the plain loop; {overhead:+.1f} s beyond loop + one model load); "
-                  f"peak RSS per actor {peak / 2**20:,.0f} MiB; load average {os.getloadavg()[0]:.2f}", flush=True)
+        for num_samples in args.samples:
+            plain = time_plain_loop(args, num_samples, Path(workdir))
+            loop = plain.detail
+            print(f"{num_samples} samples, plain loop command: {plain.pairs} pairs in {plain.seconds:.1f} s "
+                  f"(imports {loop['import_s']:.1f} s, model load {loop['load_s']:.1f} s, loop {loop['loop_s']:.1f} s)"
+                  f" -> {plain.pairs / plain.seconds:.3f} pairs/s; load average {os.getloadavg()[0]:.2f}", flush=True)
+            for num_actors in args.actors:
+                flow = time_flow(args, num_samples, num_actors, Path(workdir))
+                phases = flow.detail
+                overhead = flow.seconds - plain.seconds
+                print(f"{num_samples} samples, capkv-eval run, {num_actors} actor(s): {flow.pairs} pairs in "
+                      f"{flow.seconds:.1f} s (start {phases['start_s']:.1f} s, units {phases['units_s']:.1f} s, "
+                      f"finish {phases['finish_s']:.1f} s) -> {flow.pairs / flow.seconds:.3f} pairs/s; "
+                      f"{overhead:+.1f} s ({100 * overhead / plain.seconds:+.1f}%) against the plain loop; "
+                      f"units phase {phases['units_s'] / loop['loop_s']:.3f}x the loop; "
+                      f"peak RSS per actor {phases['peak_rss_bytes'] / 2**20:,.0f} MiB; "
+                      f"load average {os.getloadavg()[0]:.2f}", flush=True)
     return 0
 
 
