@@ -3,13 +3,17 @@
 The same cells (9 methods x 4 budgets on needle by default) run as two commands, each timed
 from its start to its exit:
 
-- the plain loop (`--plain-loop STORE`, a subprocess of this script): import the engine, load
+- the plain loop (`--plain-loop CONFIG`, a subprocess of this script): import the engine, load
   the model, call `workers.evaluate.evaluate_unit` on each work unit that
   `flows.matrix.plan_units` makes and write every cell's rows with `ResultStore.write_chunk`,
   as the flow's tasks do;
 - `capkv-eval run --config` with `num_actors: 1`, then with `num_actors: 2`, each into a fresh
   store. Its time covers Prefect's ephemeral API server, Ray's start, the actors' model loads,
   the cells, the store writes, the dashboard and the shutdown of Prefect and Ray.
+
+With `--services` each flow command runs once more against a Prefect server and a Ray head that
+the script starts on 127.0.0.1 beforehand, as a deployment has them, so the command starts
+neither.
 
 The overhead is the flow command's time minus the plain loop command's time. Each flow run's
 log splits its time into start (until the flow logs its work units), units (until the last
@@ -25,9 +29,11 @@ high-water mark. Rows do not name their actor, so with 2 actors the figure is th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -105,16 +111,18 @@ def time_plain_loop(args, num_samples: int, workdir: Path) -> Timed:
     return Timed(seconds, detail["pairs"], detail)
 
 
-def time_flow(args, num_samples: int, num_actors: int, workdir: Path) -> Timed:
+def time_flow(args, num_samples: int, num_actors: int, workdir: Path, environment: dict | None = None) -> Timed:
     """Time `capkv-eval run` and split its time by the first lines of its log that mark each phase."""
     from storage.sql import connect
 
-    store = workdir / f"flow-{num_samples}-{num_actors}"
-    config_path = workdir / f"flow-{num_samples}-{num_actors}.yaml"
+    name = f"flow-{num_samples}-{num_actors}{'-services' if environment else ''}"
+    store = workdir / name
+    config_path = workdir / f"{name}.yaml"
     config_path.write_text(yaml.safe_dump(run_config(args, num_samples, num_actors, str(store))))
     command = [str(Path(sys.executable).parent / "capkv-eval"), "run", "--config", str(config_path)]
     started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+                               env=environment)
     planned_at = last_unit_at = None
     log = []
     for line in process.stdout:
@@ -135,6 +143,59 @@ def time_flow(args, num_samples: int, num_actors: int, workdir: Path) -> Timed:
     return Timed(seconds, int(pairs), detail)
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+@contextlib.contextmanager
+def running_services(workdir: Path):
+    """Start a Prefect server and a Ray head on 127.0.0.1, yield the environment that points runs at them, stop both."""
+    import psutil
+
+    from flows.server import start_server, wait_until_healthy
+    from workers.ray_runtime import configure_ray_environment
+
+    configure_ray_environment()
+    prefect_port, ray_port = _free_port(), _free_port()
+    api_url = f"http://127.0.0.1:{prefect_port}/api"
+    environment = {**os.environ, "PREFECT_API_URL": api_url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                   "RAY_ADDRESS": f"127.0.0.1:{ray_port}"}
+    processes = [start_server(port=prefect_port, environment=environment,
+                              log_file=open(workdir / "prefect-server.log", "w"))]
+    processes.append(subprocess.Popen(
+        [str(Path(sys.executable).with_name("ray")), "start", "--head", "--node-ip-address=127.0.0.1",
+         f"--port={ray_port}", f"--num-cpus={os.cpu_count()}", "--include-dashboard=false",
+         "--disable-usage-stats", f"--temp-dir=/tmp/capkv-ray-{ray_port}", "--block"],
+        stdout=open(workdir / "ray-head.log", "w"), stderr=subprocess.STDOUT,
+    ))
+    try:
+        wait_until_healthy(api_url, processes[0])
+        deadline = time.monotonic() + 120
+        while not _port_open(ray_port):
+            if time.monotonic() > deadline or processes[1].poll() is not None:
+                raise RuntimeError(f"the Ray head did not start:\n{(workdir / 'ray-head.log').read_text()[-2000:]}")
+            time.sleep(1)
+        yield environment
+    finally:
+        for process in processes:
+            descendants = psutil.Process(process.pid).children(recursive=True)
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            for child in descendants:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child.kill()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m", help="bundled model name, folder or hub id")
@@ -146,6 +207,8 @@ def main() -> int:
     parser.add_argument("--max-new-tokens", type=int, default=8, help="maximum answer tokens")
     parser.add_argument("--chunk-size", type=int, default=1, help="samples per work unit (units are spread over actors)")
     parser.add_argument("--actors", type=int, nargs="+", default=[1, 2], help="actor counts to run through the flow")
+    parser.add_argument("--services", action="store_true",
+                        help="also run each flow command against a Prefect server and a Ray head started beforehand")
     parser.add_argument("--plain-loop", metavar="CONFIG", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.plain_loop:
@@ -161,11 +224,19 @@ def main() -> int:
             print(f"{num_samples} samples, plain loop command: {plain.pairs} pairs in {plain.seconds:.1f} s "
                   f"(imports {loop['import_s']:.1f} s, model load {loop['load_s']:.1f} s, loop {loop['loop_s']:.1f} s)"
                   f" -> {plain.pairs / plain.seconds:.3f} pairs/s; load average {os.getloadavg()[0]:.2f}", flush=True)
-            for num_actors in args.actors:
-                flow = time_flow(args, num_samples, num_actors, Path(workdir))
+            runs = [(num_actors, None) for num_actors in args.actors]
+            if args.services:
+                runs += [(num_actors, "services") for num_actors in args.actors]
+            for num_actors, mode in runs:
+                if mode is None:
+                    flow = time_flow(args, num_samples, num_actors, Path(workdir))
+                else:
+                    with running_services(Path(workdir)) as environment:
+                        flow = time_flow(args, num_samples, num_actors, Path(workdir), environment)
                 phases = flow.detail
                 overhead = flow.seconds - plain.seconds
-                print(f"{num_samples} samples, capkv-eval run, {num_actors} actor(s): {flow.pairs} pairs in "
+                against = " against a running Prefect server and Ray head" if mode else ""
+                print(f"{num_samples} samples, capkv-eval run{against}, {num_actors} actor(s): {flow.pairs} pairs in "
                       f"{flow.seconds:.1f} s (start {phases['start_s']:.1f} s, units {phases['units_s']:.1f} s, "
                       f"finish {phases['finish_s']:.1f} s) -> {flow.pairs / flow.seconds:.3f} pairs/s; "
                       f"{overhead:+.1f} s ({100 * overhead / plain.seconds:+.1f}%) against the plain loop; "
