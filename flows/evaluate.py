@@ -102,7 +102,7 @@ def _run_on_actor(actor, unit: WorkUnit, attempts: int = 6, wait_s: float = 5.0)
         try:
             return ray.get(actor.run_unit.remote(unit))
         except RayActorError as error:
-            if attempt >= attempts:
+            if attempt >= attempts or pool.stopped():  # no retries once the run has stopped its actors
                 raise
             delay = wait_s * attempt
             get_run_logger().warning(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from types import SimpleNamespace
 
 import pytest
 
@@ -10,6 +11,7 @@ from workers import pool
 
 SMALL = pool.ActorSpec(("smollm2-135m",), "float32", 1)
 TWO_MODELS = pool.ActorSpec(("smollm2-135m", "tiny-gqa"), "float32", 2)
+UNIT = SimpleNamespace(model="smollm2-135m", benchmark="needle", chunk_index=0)
 
 
 @pytest.fixture
@@ -83,3 +85,57 @@ def test_actors_for_unknown_model_raises_key_error(fake_ray):
 
     with pytest.raises(KeyError):
         pool.actors_for("tiny-gqa")
+
+
+class _FailingActor:
+    """An actor handle whose every call fails as a dead actor's would; it records the units sent."""
+
+    def __init__(self):
+        self.sent = []
+        self.run_unit = self
+
+    def remote(self, unit):
+        self.sent.append(unit)
+        return unit
+
+
+@pytest.fixture
+def dead_actor_calls(monkeypatch):
+    import ray
+    from ray.exceptions import RayActorError
+
+    def get(reference):
+        raise RayActorError()
+
+    monkeypatch.setattr(ray, "get", get)
+    return RayActorError
+
+
+def test_failed_call_is_retried_while_the_run_runs(fake_ray, dead_actor_calls, monkeypatch):
+    import logging
+
+    from flows import evaluate
+    from flows.evaluate import _run_on_actor
+
+    monkeypatch.setattr(evaluate, "get_run_logger", lambda: logging.getLogger("test"))  # no flow run here
+    pool.acquire(SMALL)
+    actor = _FailingActor()
+
+    with pytest.raises(dead_actor_calls):
+        _run_on_actor(actor, UNIT, attempts=3, wait_s=0.0)
+
+    assert actor.sent == [UNIT, UNIT, UNIT]
+
+
+def test_failed_call_is_not_retried_after_stop_all(fake_ray, dead_actor_calls):
+    from flows.evaluate import _run_on_actor
+
+    pool.acquire(SMALL)
+    pool.stop_all()
+    actor = _FailingActor()
+
+    with pytest.raises(dead_actor_calls):
+        _run_on_actor(actor, UNIT, attempts=3, wait_s=0.0)
+
+    assert actor.sent == [UNIT]
+    assert pool.stopped()

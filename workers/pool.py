@@ -29,6 +29,8 @@ _ACTORS: dict[str, list] = {}
 _EARLY: tuple[ActorSpec, dict[str, list]] | None = None
 # Whether stop_all also shuts Ray down, set by start_early for a process that runs one flow.
 _SHUT_DOWN_RAY = False
+# Whether stop_all ran after the last acquire: calls still in flight then fail on purpose.
+_STOPPED = False
 
 
 def start_early(spec: ActorSpec, shut_down_ray: bool = False) -> None:
@@ -49,7 +51,8 @@ def start_early(spec: ActorSpec, shut_down_ray: bool = False) -> None:
 
 def acquire(spec: ActorSpec) -> dict[str, list]:
     """Make the actors of `spec` the run's actors, taking those started early when the spec matches."""
-    global _EARLY
+    global _EARLY, _STOPPED
+    _STOPPED = False
     _ACTORS.clear()
     if _EARLY is not None and _EARLY[0] == spec:
         _ACTORS.update(_EARLY[1])
@@ -66,9 +69,15 @@ def actors_for(model: str) -> list:
     return _ACTORS[model]
 
 
+def stopped() -> bool:
+    """Return whether stop_all ran since the run took its actors, so that a failed actor call must not be retried."""
+    return _STOPPED
+
+
 def stop_all() -> None:
     """Stop the run's actors and any started early; then shut Ray down if start_early asked for it."""
-    global _SHUT_DOWN_RAY
+    global _SHUT_DOWN_RAY, _STOPPED
+    _STOPPED = True
     _kill(list(_ACTORS.values()))
     _ACTORS.clear()
     _stop_early()
