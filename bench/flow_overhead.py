@@ -157,9 +157,7 @@ def _port_open(port: int) -> bool:
 @contextlib.contextmanager
 def running_services(workdir: Path):
     """Start a Prefect server and a Ray head on 127.0.0.1, yield the environment that points runs at them, stop both."""
-    import psutil
-
-    from flows.server import start_server, wait_until_healthy
+    from flows.server import start_server, stop, wait_until_healthy
     from workers.ray_runtime import configure_ray_environment
 
     configure_ray_environment()
@@ -180,20 +178,12 @@ def running_services(workdir: Path):
         deadline = time.monotonic() + 120
         while not _port_open(ray_port):
             if time.monotonic() > deadline or processes[1].poll() is not None:
-                raise RuntimeError(f"the Ray head did not start:\n{(workdir / 'ray-head.log').read_text()[-2000:]}")
+                raise RuntimeError(f"the Ray head failed to start within 120 s; its log:\n{(workdir / 'ray-head.log').read_text()[-2000:]}")
             time.sleep(1)
         yield environment
     finally:
         for process in processes:
-            descendants = psutil.Process(process.pid).children(recursive=True)
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-            for child in descendants:
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    child.kill()
+            stop(process, descendants=True)
 
 
 def main() -> int:

@@ -40,18 +40,14 @@ def _command_run(args) -> int:
 
     from storage.store import ResultStore
 
-    store = ResultStore(config.store)
     actors_config = config
     if args.resume:
         # Checked here because starting the flow takes seconds. The flow checks again.
-        actors_config = parse_config(json.loads(store.read_run(args.resume)["config"]))
-    store.check_writable()
+        actors_config = parse_config(json.loads(ResultStore(config.store).read_run(args.resume)["config"]))
+    _start_actors_early(config.store, actors_config)
 
-    from flows.evaluate import actor_spec, evaluate
-    from workers import pool
+    from flows.evaluate import evaluate
 
-    # The actors load their models while Prefect starts its server and the flow run.
-    pool.start_early(actor_spec(actors_config), shut_down_ray=True)
     _drop_tracebacks_of_input_errors()
     summary = evaluate(config, resume=args.resume)
     print(f"run {summary['run_id']} {summary['status']}: {summary['cells']} cells")
@@ -60,6 +56,21 @@ def _command_run(args) -> int:
         print(f"dashboard: {summary['dashboard']}")
     print(f'query:     capkv-eval sql --store {summary["store"]} "SELECT * FROM samples LIMIT 5"')
     return 0 if summary["status"] == "completed" else 1
+
+
+def _start_actors_early(store_root: str, config) -> None:
+    """Check that the store is writable, then start Ray and the actors of `config`.
+
+    The models load while Prefect starts. This process runs one flow, so Ray shuts down as
+    soon as the flow has stopped its actors. A resumed run passes its stored config but the
+    store given on the command line.
+    """
+    from flows.evaluate import actor_spec
+    from storage.store import ResultStore
+    from workers import pool
+
+    ResultStore(store_root).check_writable()
+    pool.start_early(actor_spec(config), shut_down_ray=True)
 
 
 def _command_sql(args) -> int:
@@ -138,12 +149,7 @@ def _command_nightly(args) -> int:
     suite = load_config(args.config) if args.config else default_suite()
     if args.store:
         suite = suite.model_copy(update={"store": args.store})
-    from flows.evaluate import actor_spec
-    from storage.store import ResultStore
-    from workers import pool
-
-    ResultStore(suite.store).check_writable()
-    pool.start_early(actor_spec(suite), shut_down_ray=True)  # the models load while Prefect starts
+    _start_actors_early(suite.store, suite)
     thresholds = Thresholds(
         score_drop=args.score_drop, kv_bytes_increase=args.kv_bytes_increase, latency_increase=args.latency_increase
     )
@@ -277,7 +283,7 @@ def entry() -> None:
     Prefect and Ray one by one, takes about 2 seconds and has nothing left to release.
     """
     status = [1]  # the exit status of a main() that raised
-    atexit.register(_end_process, status)  # registered first among ours, so it runs last
+    atexit.register(_end_process, status)  # registered before any handler of Prefect or Ray, so it runs last
     try:
         status[0] = main()
     except SystemExit as error:  # argparse's usage errors and --help

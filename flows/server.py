@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -81,16 +82,25 @@ def start_worker(environment: dict[str, str], run_once: bool = False, log_file=N
                             stderr=subprocess.STDOUT)
 
 
-def stop(process: subprocess.Popen, timeout_s: float = 30.0) -> None:
-    """Terminate a process we started, by its pid, and wait for it."""
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=timeout_s)
+def stop(process: subprocess.Popen, timeout_s: float = 30.0, descendants: bool = False) -> None:
+    """Terminate a process we started, by its pid, and wait for it.
+
+    With `descendants`, also kill every process it started that is still running afterwards,
+    as `ray start --block` leaves its GCS, raylet and agents behind.
+    """
+    import psutil
+
+    children = psutil.Process(process.pid).children(recursive=True) if descendants and process.poll() is None else []
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=timeout_s)
+    for child in children:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
 
 
 def serve(port: int = 4200) -> int:

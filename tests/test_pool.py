@@ -32,6 +32,7 @@ def fake_ray(monkeypatch):
     yield killed
     pool._ACTORS.clear()
     pool._EARLY = None
+    pool._STOPPED = False
 
 
 def test_acquire_takes_early_actors_of_equal_spec(fake_ray):
@@ -117,7 +118,7 @@ def test_failed_call_is_retried_while_the_run_runs(fake_ray, dead_actor_calls, m
     from flows import evaluate
     from flows.evaluate import _run_on_actor
 
-    monkeypatch.setattr(evaluate, "get_run_logger", lambda: logging.getLogger("test"))  # no flow run here
+    monkeypatch.setattr(evaluate, "get_run_logger", lambda: logging.getLogger("test"))  # get_run_logger needs a flow run
     pool.acquire(SMALL)
     actor = _FailingActor()
 

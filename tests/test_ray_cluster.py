@@ -9,10 +9,10 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 import yaml
 
+from flows.server import stop
 from storage.sql import connect
 from workers.ray_runtime import configure_ray_environment
 
@@ -26,21 +26,6 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def _stop_tree(process: subprocess.Popen) -> None:
-    """Stop `ray start --block` and every process it started, by pid."""
-    descendants = psutil.Process(process.pid).children(recursive=True)
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-    for child in descendants:
-        try:
-            child.kill()
-        except psutil.NoSuchProcess:
-            pass
 
 
 def test_run_against_ray_head(tmp_path):
@@ -77,4 +62,4 @@ def test_run_against_ray_head(tmp_path):
         rows = connect(str(store)).execute("SELECT count(*), count(DISTINCT cell_id) FROM samples").fetchall()
         assert rows == [(4, 2)]
     finally:
-        _stop_tree(head)
+        stop(head, descendants=True)

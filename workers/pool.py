@@ -29,7 +29,7 @@ _ACTORS: dict[str, list] = {}
 _EARLY: tuple[ActorSpec, dict[str, list]] | None = None
 # Whether stop_all also shuts Ray down, set by start_early for a process that runs one flow.
 _SHUT_DOWN_RAY = False
-# Whether stop_all ran after the last acquire: calls still in flight then fail on purpose.
+# Whether stop_all ran since the last acquire. A failed actor call is then not retried.
 _STOPPED = False
 
 
