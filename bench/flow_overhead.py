@@ -178,7 +178,8 @@ def running_services(workdir: Path):
         deadline = time.monotonic() + 120
         while not _port_open(ray_port):
             if time.monotonic() > deadline or processes[1].poll() is not None:
-                raise RuntimeError(f"the Ray head failed to start within 120 s; its log:\n{(workdir / 'ray-head.log').read_text()[-2000:]}")
+                head_log = (workdir / "ray-head.log").read_text()[-2000:]
+                raise RuntimeError(f"the Ray head exited or did not open port {ray_port} within 120 s; its log:\n{head_log}")
             time.sleep(1)
         yield environment
     finally:
