@@ -5,11 +5,15 @@ from its start to its exit:
 
 - the plain loop (`--plain-loop CONFIG`, a subprocess of this script): import the engine, load
   the model, call `workers.evaluate.evaluate_unit` on each work unit that
-  `flows.matrix.plan_units` makes and write every cell's rows with `ResultStore.write_chunk`,
-  as the flow's tasks do;
+  `flows.matrix.plan_units` makes, and write what the flow writes: the run row, the cell rows,
+  every cell's sample rows with `ResultStore.write_chunk`, and the run's dashboard;
 - `capkv-eval run --config` with `num_actors: 1`, then with `num_actors: 2`, each into a fresh
-  store. Its time covers Prefect's ephemeral API server, Ray's start, the actors' model loads,
-  the cells, the store writes, the dashboard and the shutdown of Prefect and Ray.
+  store. Its time covers Prefect's temporary API server, Ray's start, the actors' model loads,
+  the same units and writes, and the shutdown of Prefect and Ray.
+
+So the difference is what Prefect and Ray cost. With `--repeats N` the loop and the flow
+commands run in turn N times, and the summary gives the median of the N overheads, because
+one run's figure moves by several percent on a shared machine.
 
 With `--services` each flow command runs once more against a Prefect server and a Ray head that
 the script starts on 127.0.0.1 beforehand, as a deployment has them, so the command starts
@@ -23,7 +27,7 @@ Throughput is (cell, sample) pairs per second. Peak RSS per actor is the maximum
 `peak_memory_bytes` column over the run's rows. That column is the writing actor's resident-set
 high-water mark. Rows do not name their actor, so with 2 actors the figure is the larger of the two.
 
-    .venv/bin/python -u bench/flow_overhead.py --samples 2 12 --actors 1 2
+    .venv/bin/python -u bench/flow_overhead.py --samples 2 12 --actors 1 2 --repeats 3
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import json
 import os
 import re
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -73,8 +78,14 @@ def run_config(args, num_samples: int, num_actors: int, store: str) -> dict:
 
 
 def plain_loop(config_path: str) -> int:
-    """Run the plain loop command: write every row to the config's store, then print the phase times as JSON."""
+    """Run the plain loop command and print its phase times as JSON.
+
+    It writes what the flow writes: the run row (running, then completed), a pending and then a
+    completed row per cell, every cell's sample rows per work unit, and the run's dashboard.
+    """
     started = time.perf_counter()
+    from dashboards.report import build_dashboard
+    from flows import provenance, records
     from flows.config import load_config
     from flows.matrix import expand_cells, plan_units
     from storage.store import ResultStore
@@ -86,21 +97,33 @@ def plain_loop(config_path: str) -> int:
     loaded = load_model(config.models[0], dtype=config.dtype)
     model_loaded = time.perf_counter()
     store = ResultStore(config.store)
+    run_id, run_started = provenance.new_run_id(), records.utcnow()
+    cells = expand_cells(config)
+    store.write_run(records.run_row(run_id, config, "running", run_started))
+    for cell in cells:
+        store.write_cell(records.cell_row(run_id, cell, "pending"))
     pairs = 0
-    for unit in plan_units(config, expand_cells(config), run_id="plain-loop"):
+    units_started = time.perf_counter()
+    for unit in plan_units(config, cells, run_id):
         rows_by_cell = evaluate_unit(loaded, unit)
         for cell in unit.cells:
             store.write_chunk(unit.run_id, cell.cell_id, unit.chunk_index, rows_by_cell[cell.cell_id])
             pairs += len(rows_by_cell[cell.cell_id])
+    units_finished = time.perf_counter()
+    for cell in cells:
+        store.write_cell(records.cell_row(run_id, cell, "completed"))
+    store.write_run(records.run_row(run_id, config, "completed", run_started, records.utcnow()))
+    build_dashboard(config.store, Path(config.store) / "dashboards" / f"{run_id}.html", run_ids=[run_id])
     finished = time.perf_counter()
     print(json.dumps({"pairs": pairs, "import_s": imported - started, "load_s": model_loaded - imported,
-                      "loop_s": finished - model_loaded}))
+                      "loop_s": finished - model_loaded, "units_s": units_finished - units_started}))
     return 0
 
 
-def time_plain_loop(args, num_samples: int, workdir: Path) -> Timed:
-    config_path = workdir / f"plain-{num_samples}.yaml"
-    config_path.write_text(yaml.safe_dump(run_config(args, num_samples, 1, str(workdir / f"plain-{num_samples}"))))
+def time_plain_loop(args, num_samples: int, workdir: Path, repeat: int) -> Timed:
+    name = f"plain-{num_samples}-{repeat}"
+    config_path = workdir / f"{name}.yaml"
+    config_path.write_text(yaml.safe_dump(run_config(args, num_samples, 1, str(workdir / name))))
     started = time.perf_counter()
     completed = subprocess.run([sys.executable, __file__, "--plain-loop", str(config_path)],
                                capture_output=True, text=True, cwd=ROOT, check=False)
@@ -111,11 +134,12 @@ def time_plain_loop(args, num_samples: int, workdir: Path) -> Timed:
     return Timed(seconds, detail["pairs"], detail)
 
 
-def time_flow(args, num_samples: int, num_actors: int, workdir: Path, environment: dict | None = None) -> Timed:
+def time_flow(args, num_samples: int, num_actors: int, workdir: Path, repeat: int,
+              environment: dict | None = None) -> Timed:
     """Time `capkv-eval run` and split its time by the first lines of its log that mark each phase."""
     from storage.sql import connect
 
-    name = f"flow-{num_samples}-{num_actors}{'-services' if environment else ''}"
+    name = f"flow-{num_samples}-{num_actors}{'-services' if environment else ''}-{repeat}"
     store = workdir / name
     config_path = workdir / f"{name}.yaml"
     config_path.write_text(yaml.safe_dump(run_config(args, num_samples, num_actors, str(store))))
@@ -200,6 +224,8 @@ def main() -> int:
     parser.add_argument("--actors", type=int, nargs="+", default=[1, 2], help="actor counts to run through the flow")
     parser.add_argument("--services", action="store_true",
                         help="also run each flow command against a Prefect server and a Ray head started beforehand")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="number of times the loop and the flow commands run, in turn")
     parser.add_argument("--plain-loop", metavar="CONFIG", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.plain_loop:
@@ -207,33 +233,47 @@ def main() -> int:
 
     cells = len(args.methods) * len(args.budgets)
     print(f"{cells} cells on needle samples of {args.context_length} tokens, max {args.max_new_tokens} new tokens, "
-          f"chunk size {args.chunk_size}; load average {os.getloadavg()[0]:.2f}", flush=True)
+          f"chunk size {args.chunk_size}, {args.repeats} repeat(s); load average {os.getloadavg()[0]:.2f}", flush=True)
+    runs = [(num_actors, None) for num_actors in args.actors]
+    if args.services:
+        runs += [(num_actors, "services") for num_actors in args.actors]
+    overheads: dict[tuple, list[float]] = {}
+    units_ratios: dict[tuple, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="capkv-flow-bench-") as workdir:
         for num_samples in args.samples:
-            plain = time_plain_loop(args, num_samples, Path(workdir))
-            loop = plain.detail
-            print(f"{num_samples} samples, plain loop command: {plain.pairs} pairs in {plain.seconds:.1f} s "
-                  f"(imports {loop['import_s']:.1f} s, model load {loop['load_s']:.1f} s, loop {loop['loop_s']:.1f} s)"
-                  f" -> {plain.pairs / plain.seconds:.3f} pairs/s; load average {os.getloadavg()[0]:.2f}", flush=True)
-            runs = [(num_actors, None) for num_actors in args.actors]
-            if args.services:
-                runs += [(num_actors, "services") for num_actors in args.actors]
-            for num_actors, mode in runs:
-                if mode is None:
-                    flow = time_flow(args, num_samples, num_actors, Path(workdir))
-                else:
-                    with running_services(Path(workdir)) as environment:
-                        flow = time_flow(args, num_samples, num_actors, Path(workdir), environment)
-                phases = flow.detail
-                overhead = flow.seconds - plain.seconds
-                against = " against a running Prefect server and Ray head" if mode else ""
-                print(f"{num_samples} samples, capkv-eval run{against}, {num_actors} actor(s): {flow.pairs} pairs in "
-                      f"{flow.seconds:.1f} s (start {phases['start_s']:.1f} s, units {phases['units_s']:.1f} s, "
-                      f"finish {phases['finish_s']:.1f} s) -> {flow.pairs / flow.seconds:.3f} pairs/s; "
-                      f"{overhead:+.1f} s ({100 * overhead / plain.seconds:+.1f}%) against the plain loop; "
-                      f"units phase {phases['units_s'] / loop['loop_s']:.3f}x the loop; "
-                      f"peak RSS per actor {phases['peak_rss_bytes'] / 2**20:,.0f} MiB; "
-                      f"load average {os.getloadavg()[0]:.2f}", flush=True)
+            for repeat in range(args.repeats):
+                plain = time_plain_loop(args, num_samples, Path(workdir), repeat)
+                loop = plain.detail
+                print(f"{num_samples} samples, repeat {repeat + 1}, plain loop command: {plain.pairs} pairs in "
+                      f"{plain.seconds:.1f} s (imports {loop['import_s']:.1f} s, model load {loop['load_s']:.1f} s, "
+                      f"units {loop['units_s']:.1f} s, rest of the loop {loop['loop_s'] - loop['units_s']:.1f} s) -> "
+                      f"{plain.pairs / plain.seconds:.3f} pairs/s; load average {os.getloadavg()[0]:.2f}", flush=True)
+                for num_actors, mode in runs:
+                    if mode is None:
+                        flow = time_flow(args, num_samples, num_actors, Path(workdir), repeat)
+                    else:
+                        with running_services(Path(workdir)) as environment:
+                            flow = time_flow(args, num_samples, num_actors, Path(workdir), repeat, environment)
+                    phases = flow.detail
+                    overhead = flow.seconds - plain.seconds
+                    key = (num_samples, num_actors, mode)
+                    overheads.setdefault(key, []).append(100 * overhead / plain.seconds)
+                    units_ratios.setdefault(key, []).append(phases["units_s"] / loop["units_s"])
+                    against = " against a running Prefect server and Ray head" if mode else ""
+                    print(f"{num_samples} samples, repeat {repeat + 1}, capkv-eval run{against}, {num_actors} actor(s): "
+                          f"{flow.pairs} pairs in {flow.seconds:.1f} s (start {phases['start_s']:.1f} s, units "
+                          f"{phases['units_s']:.1f} s, finish {phases['finish_s']:.1f} s) -> "
+                          f"{flow.pairs / flow.seconds:.3f} pairs/s; {overhead:+.1f} s "
+                          f"({100 * overhead / plain.seconds:+.1f}%) against the plain loop; units phase "
+                          f"{units_ratios[key][-1]:.3f}x the loop's; peak RSS per actor "
+                          f"{phases['peak_rss_bytes'] / 2**20:,.0f} MiB; load average {os.getloadavg()[0]:.2f}", flush=True)
+    print("summary over repeats (median, min, max):")
+    for (num_samples, num_actors, mode), values in overheads.items():
+        ratios = units_ratios[(num_samples, num_actors, mode)]
+        where = ", running services" if mode else ""
+        print(f"  {num_samples} samples, {num_actors} actor(s){where}: overhead {statistics.median(values):+.1f}% "
+              f"({min(values):+.1f}% to {max(values):+.1f}%), units phase {statistics.median(ratios):.3f}x "
+              f"({min(ratios):.3f}x to {max(ratios):.3f}x) the loop's", flush=True)
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import json
 import logging
 import os
@@ -32,30 +33,72 @@ def _configure_environment() -> None:
 
 
 def _command_run(args) -> int:
-    from flows.config import load_config, parse_config
+    with _temporary_api_server() as server:
+        from flows.config import load_config, parse_config
 
-    config = load_config(args.config)
-    if args.store:
-        config = parse_config({**config.model_dump(), "store": args.store})
+        config = load_config(args.config)
+        if args.store:
+            config = parse_config({**config.model_dump(), "store": args.store})
 
-    from storage.store import ResultStore
+        from storage.store import ResultStore
 
-    actors_config = config
-    if args.resume:
-        # Checked here because starting the flow takes seconds. The flow checks again.
-        actors_config = parse_config(json.loads(ResultStore(config.store).read_run(args.resume)["config"]))
-    _start_actors_early(config.store, actors_config)
+        actors_config = config
+        if args.resume:
+            # Checked here because starting the flow takes seconds. The flow checks again.
+            actors_config = parse_config(json.loads(ResultStore(config.store).read_run(args.resume)["config"]))
+        _start_actors_early(config.store, actors_config)
 
-    from flows.evaluate import evaluate
+        from flows.evaluate import evaluate
 
-    _drop_tracebacks_of_input_errors()
-    summary = evaluate(config, resume=args.resume)
+        _drop_tracebacks_of_input_errors()
+        with _prefect_api(server):
+            summary = evaluate(config, resume=args.resume)
     print(f"run {summary['run_id']} {summary['status']}: {summary['cells']} cells")
     print(f"results:   {summary['store']}")
     if summary["dashboard"]:
         print(f"dashboard: {summary['dashboard']}")
     print(f'query:     capkv-eval sql --store {summary["store"]} "SELECT * FROM samples LIMIT 5"')
     return 0 if summary["status"] == "completed" else 1
+
+
+@contextlib.contextmanager
+def _temporary_api_server():
+    """Start a temporary Prefect API server now, unless PREFECT_API_URL names one; stop it on the way out.
+
+    Starting it before the config check lets it boot while this process imports the engine.
+    """
+    from flows.server import TemporaryApiServer
+
+    ephemeral_allowed = os.environ.get("PREFECT_SERVER_ALLOW_EPHEMERAL_MODE", "true").lower() not in (
+        "0", "false", "no", "off")
+    server = TemporaryApiServer() if ephemeral_allowed and not os.environ.get("PREFECT_API_URL") else None
+    try:
+        yield server
+    finally:
+        if server is not None:
+            server.stop()
+
+
+@contextlib.contextmanager
+def _prefect_api(server):
+    """Point Prefect at `server` while the flow runs, unless Prefect's profile names an API server."""
+    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+
+    if server is None or get_current_settings().api.url:
+        yield
+        return
+    server.wait_until_ready(float(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+            yield
+    finally:
+        # Prefect sends events and log lines from background threads, which would otherwise
+        # empty their queues at exit, after the server has stopped. They send them now.
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        EventsWorker.drain_all(timeout=10)
+        APILogWorker.drain_all(timeout=10)
 
 
 def _start_actors_early(store_root: str, config) -> None:
@@ -65,12 +108,11 @@ def _start_actors_early(store_root: str, config) -> None:
     soon as the flow has stopped its actors. A resumed run passes its stored config but the
     store given on the command line.
     """
-    from flows.evaluate import actor_spec
     from storage.store import ResultStore
     from workers import pool
 
     ResultStore(store_root).check_writable()
-    pool.start_early(actor_spec(config), shut_down_ray=True)
+    pool.start_early(pool.ActorSpec.of(config), shut_down_ray=True)
 
 
 def _command_sql(args) -> int:
@@ -142,19 +184,22 @@ def _command_compact(args) -> int:
 
 
 def _command_nightly(args) -> int:
-    from flows.config import load_config
-    from flows.nightly import default_suite, nightly_regression
-    from flows.regression import Thresholds
+    with _temporary_api_server() as server:
+        from flows.config import load_config
+        from flows.nightly import default_suite, nightly_regression
+        from flows.regression import Thresholds
 
-    suite = load_config(args.config) if args.config else default_suite()
-    if args.store:
-        suite = suite.model_copy(update={"store": args.store})
-    _start_actors_early(suite.store, suite)
-    thresholds = Thresholds(
-        score_drop=args.score_drop, kv_bytes_increase=args.kv_bytes_increase, latency_increase=args.latency_increase
-    )
-    _drop_tracebacks_of_input_errors()
-    state = nightly_regression(suite, baseline_run_id=args.baseline, thresholds=thresholds, return_state=True)
+        suite = load_config(args.config) if args.config else default_suite()
+        if args.store:
+            suite = suite.model_copy(update={"store": args.store})
+        _start_actors_early(suite.store, suite)
+        thresholds = Thresholds(
+            score_drop=args.score_drop, kv_bytes_increase=args.kv_bytes_increase,
+            latency_increase=args.latency_increase,
+        )
+        _drop_tracebacks_of_input_errors()
+        with _prefect_api(server):
+            state = nightly_regression(suite, baseline_run_id=args.baseline, thresholds=thresholds, return_state=True)
     print(f"nightly regression check {state.name}: {state.message}")
     return 1 if state.is_failed() else 0
 
@@ -278,9 +323,9 @@ def main(argv: list[str] | None = None) -> int:
 def entry() -> None:
     """Run the `capkv-eval` program: main(), then end the process without Python's teardown.
 
-    The exit handlers still run first: they stop Prefect's temporary server and the local Ray
-    instance. What Python would do after them, releasing the objects of torch, transformers,
-    Prefect and Ray one by one, takes about 2 seconds and has nothing left to release.
+    The exit handlers still run first: they stop the local Ray instance. What Python would do
+    after them, releasing the objects of torch, transformers, Prefect and Ray one by one,
+    takes about 2 seconds and has nothing left to release.
     """
     status = [1]  # the exit status of a main() that raised
     atexit.register(_end_process, status)  # registered before any handler of Prefect or Ray, so it runs last

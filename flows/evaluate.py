@@ -13,8 +13,7 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.cache_policies import NONE as NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows import provenance
-from storage.schema import SCHEMA_VERSION
+from flows import provenance, records
 from benchmarks import BenchmarkError
 from flows.config import RunConfig, parse_config
 from flows.matrix import chunk_count, expand_cells, plan_units
@@ -33,38 +32,6 @@ class RunSummary:
     cells: int
     samples_written: int
     status: str
-
-
-def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
-
-
-def _cell_row(run_id: str, cell: CellSpec, status: str, error: str | None = None) -> dict:
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "run_id": run_id,
-        **cell.store_columns(),
-        "num_samples": cell.num_samples,
-        "status": status,
-        "error": error,
-        "config": json.dumps(asdict(cell), sort_keys=True, default=str),
-        "updated_at": _utcnow(),
-    }
-
-
-def _run_row(run_id: str, config: RunConfig, status: str, started: dt.datetime, finished=None) -> dict:
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "run_id": run_id,
-        "status": status,
-        "started_at": started,
-        "finished_at": finished,
-        "config": config.model_dump_json(),
-        "git_commit": provenance.git_commit(),
-        "package_versions": provenance.package_versions(),
-        "host": provenance.host_name(),
-        "device": provenance.device_name(),
-    }
 
 
 @task(name="run-chunk", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10)
@@ -113,14 +80,9 @@ def _run_on_actor(actor, unit: WorkUnit, attempts: int = 6, wait_s: float = 5.0)
             attempt += 1
 
 
-def actor_spec(config: RunConfig) -> pool.ActorSpec:
-    """Return the actors `config` runs on: its models, dtype and actors per model."""
-    return pool.ActorSpec(tuple(config.models), config.dtype, config.num_actors)
-
-
 def _start_actors(config: RunConfig, logger) -> None:
     """Take the run's actors (those started early for this config, or new ones) and wait until each has its model."""
-    for model, actors in pool.acquire(actor_spec(config)).items():
+    for model, actors in pool.acquire(pool.ActorSpec.of(config)).items():
         infos = [_remote_result(actor.describe.remote()) for actor in actors]
         logger.info("actor ready: %s (%s) on %s, %d thread(s) each, %d replica(s)", model, infos[0]["revision"],
                     infos[0]["device"], infos[0]["threads"], len(infos))
@@ -181,7 +143,7 @@ def evaluate(config: RunConfig = RunConfig(), resume: str | None = None) -> dict
             config = parse_config(json.loads(stored["config"]))  # one-line ConfigError if it no longer validates
             run_id, started = resume, stored["started_at"]
         else:
-            run_id, started = provenance.new_run_id(), _utcnow()
+            run_id, started = provenance.new_run_id(), records.utcnow()
 
         cells = expand_cells(config)
         done = store.completed_chunks(run_id) if resume else set()
@@ -197,9 +159,9 @@ def evaluate(config: RunConfig = RunConfig(), resume: str | None = None) -> dict
 
     for cell in cells:
         status = "failed" if cell.cell_id in failed else "completed"
-        store.write_cell(_cell_row(run_id, cell, status, failed.get(cell.cell_id)))
+        store.write_cell(records.cell_row(run_id, cell, status, failed.get(cell.cell_id)))
     run_status = "failed" if failed else "completed"
-    store.write_run(_run_row(run_id, config, run_status, started, _utcnow()))
+    store.write_run(records.run_row(run_id, config, run_status, started, records.utcnow()))
 
     dashboard = _build_dashboard(config, store_root, run_id, logger)
     create_markdown_artifact(key="run-summary", markdown=_summary_markdown(store_root, run_id, dashboard),
@@ -212,10 +174,10 @@ def evaluate(config: RunConfig = RunConfig(), resume: str | None = None) -> dict
 def _run_units(config: RunConfig, store: ResultStore, store_root: str, run_id: str, started: dt.datetime,
                cells: list[CellSpec], units: list[WorkUnit], done: set, logger) -> dict[str, str]:
     """Write the running run and its cells, run every unit on the actors and return the error of each failed cell."""
-    store.write_run(_run_row(run_id, config, "running", started))
+    store.write_run(records.run_row(run_id, config, "running", started))
     for cell in cells:
         status = "completed" if all((cell.cell_id, k) in done for k in range(chunk_count(cell, config.chunk_size))) else "pending"
-        store.write_cell(_cell_row(run_id, cell, status))
+        store.write_cell(records.cell_row(run_id, cell, status))
 
     total_samples = sum(b.num_samples for b in config.benchmarks) * len(config.models)
     progress = RunProgress(cells, {c.cell_id: chunk_count(c, config.chunk_size) for c in cells}, total_samples)

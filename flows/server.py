@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -40,7 +41,8 @@ def start_server(host: str = "127.0.0.1", port: int = 4200, environment: dict[st
     )
 
 
-def wait_until_healthy(api_url: str, process: subprocess.Popen, timeout_s: float = 120.0) -> None:
+def wait_until_healthy(api_url: str, process: subprocess.Popen, timeout_s: float = 120.0, poll_s: float = 1.0) -> None:
+    """Return when the server at `api_url` reports healthy. Raise if `process` exits or `timeout_s` passes first."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -51,8 +53,55 @@ def wait_until_healthy(api_url: str, process: subprocess.Popen, timeout_s: float
                     return
         except OSError:
             pass
-        time.sleep(1)
+        time.sleep(poll_s)
     raise TimeoutError(f"Prefect server at {api_url} was not healthy after {timeout_s:.0f} s")
+
+
+class TemporaryApiServer:
+    """A Prefect API server on 127.0.0.1 for one command, like the one Prefect starts itself when no API is set.
+
+    Prefect starts its own temporary server only when the flow first calls the API, after
+    importing the server code into the calling process. Started here at the command's start,
+    the server boots in its own process while the command checks its config and starts Ray,
+    and the command never imports the server code. It runs at a lower CPU priority than the
+    model actors, and it is stopped when the command ends.
+    """
+
+    # What Prefect sets for its own temporary server: no UI, and only the services meant for
+    # temporary servers (task-run recording, events, automations), so no scheduler or late-run loop.
+    ENVIRONMENT = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+    NICENESS = 10
+
+    def __init__(self) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.api_url = f"http://127.0.0.1:{self.port}/api"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
+             "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "error", "--lifespan", "on"],
+            env={**os.environ, **self.ENVIRONMENT}, preexec_fn=self._lower_priority_and_follow_parent,
+        )
+        log.info("starting a temporary Prefect API server on http://127.0.0.1:%d, stopped when this command ends",
+                 self.port)
+
+    @classmethod
+    def _lower_priority_and_follow_parent(cls) -> None:
+        """Lower the server's CPU priority before it starts and, on Linux, have it stopped when the command dies."""
+        os.nice(cls.NICENESS)
+        if sys.platform == "linux":
+            import ctypes
+            import signal
+
+            set_parent_death_signal = 1  # PR_SET_PDEATHSIG
+            ctypes.CDLL(None, use_errno=True).prctl(set_parent_death_signal, signal.SIGTERM)
+
+    def wait_until_ready(self, timeout_s: float) -> None:
+        """Return when the health endpoint responds. Raise if the server exits or times out after `timeout_s`."""
+        wait_until_healthy(self.api_url, self.process, timeout_s, poll_s=0.1)
+
+    def stop(self) -> None:
+        stop(self.process, timeout_s=5.0)
 
 
 def _prefect(arguments: list[str], environment: dict[str, str]) -> subprocess.CompletedProcess:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import ipaddress
 import os
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -127,7 +129,9 @@ class ProcessTreeWatcher:
 def test_run_listens_on_loopback_only(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({**TINY_RUN, "store": str(tmp_path / "results")}), encoding="utf-8")
-    environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    prefect_home = tmp_path / "prefect-home"
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1", "PREFECT_HOME": str(prefect_home)}
+    environment.pop("PREFECT_API_URL", None)
     # A new session, so that the whole run can be stopped by its process group on a timeout.
     run = subprocess.Popen(
         [sys.executable, "-m", "flows.cli", "run", "--config", str(config)], cwd=ROOT, env=environment,
@@ -153,6 +157,23 @@ def test_run_listens_on_loopback_only(tmp_path):
     assert watcher.listeners, "no listening socket was seen; the watcher did not work"
     exposed = [(key, label) for key, label in watcher.listeners.items() if not is_loopback(key[2])]
     assert exposed == []
+    assert any("uvicorn" in label for label in watcher.listeners.values()), "the temporary Prefect server was not seen"
+    assert not [pid for pid, label in watcher.tracked.items() if "uvicorn" in label and psutil.pid_exists(pid)]
+
+    # The temporary server recorded the flow run, one task run per work unit, and the run's log
+    # lines before the command stopped it.
+    from flows.config import parse_config
+    from flows.matrix import expand_cells, plan_units
+
+    run_config = parse_config({**TINY_RUN, "store": str(tmp_path / "results")})
+    units = len(plan_units(run_config, expand_cells(run_config), "any-run-id"))
+    with contextlib.closing(sqlite3.connect(prefect_home / "prefect.db")) as database:
+        flow_runs = database.execute("SELECT id, state_type FROM flow_run").fetchall()
+        assert [state for _, state in flow_runs] == ["COMPLETED"]
+        task_states = database.execute("SELECT state_type FROM task_run WHERE flow_run_id = ?", (flow_runs[0][0],)).fetchall()
+        assert task_states == [("COMPLETED",)] * units
+        messages = [row[0] for row in database.execute("SELECT message FROM log WHERE flow_run_id = ?", (flow_runs[0][0],))]
+    assert any(message.startswith("run run-") and " completed: results in " in message for message in messages)
 
 
 # --- source checks -------------------------------------------------------------------------------

@@ -22,6 +22,11 @@ class ActorSpec:
     dtype: str
     num_actors: int
 
+    @classmethod
+    def of(cls, config) -> "ActorSpec":
+        """Return the actors a run config requests: its `models`, `dtype` and `num_actors`."""
+        return cls(tuple(config.models), config.dtype, config.num_actors)
+
 
 # Actors of the running flow, by model name.
 _ACTORS: dict[str, list] = {}
