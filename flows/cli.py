@@ -85,6 +85,8 @@ def _prefect_api(server):
     from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 
     if server is None or get_current_settings().api.url:
+        if server is not None:
+            server.stop()  # the profile's API server is used, so this one is not needed
         yield
         return
     server.wait_until_ready(float(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))

@@ -8,12 +8,16 @@ import os
 log = logging.getLogger(__name__)
 
 # Ray reads these when it is imported: without the first it binds all interfaces on some
-# platforms; the others switch off the auth prompt and usage reporting.
+# platforms, and the next two switch off the auth prompt and usage reporting. The raylet of a
+# Ray started here reads the last. By default Ray runs its workers at nice 15, below its own
+# daemons, this command and the Prefect server. Any of those then preempted an actor's torch
+# threads, so the actors run at the command's priority instead.
 _RAY_ENVIRONMENT = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     "RAY_AUTH_MODE": "disabled",
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_DEDUP_LOGS": "0",
+    "RAY_worker_niceness": "0",
 }
 
 DEFAULT_OBJECT_STORE_BYTES = 256 * 1024 * 1024
