@@ -10,8 +10,8 @@ import logging
 import os
 import sys
 
-# Prefect reads its settings at import time: no analytics, and time for the first start of
-# the ephemeral API server on a slow machine.
+# Prefect reads its settings at import time: no analytics, and time for the first start of a
+# temporary API server on a slow machine (the command's own server waits as long).
 _PREFECT_ENVIRONMENT = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "60",
