@@ -167,12 +167,6 @@ def time_flow(args, num_samples: int, num_actors: int, workdir: Path, repeat: in
     return Timed(seconds, int(pairs), detail)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _port_open(port: int) -> bool:
     with socket.socket() as probe:
         return probe.connect_ex(("127.0.0.1", port)) == 0
@@ -181,11 +175,11 @@ def _port_open(port: int) -> bool:
 @contextlib.contextmanager
 def running_services(workdir: Path):
     """Start a Prefect server and a Ray head on 127.0.0.1, yield the environment that points runs at them, stop both."""
-    from flows.server import start_server, stop, wait_until_healthy
+    from flows.server import free_port, start_server, stop, wait_until_healthy
     from workers.ray_runtime import configure_ray_environment
 
     configure_ray_environment()
-    prefect_port, ray_port = _free_port(), _free_port()
+    prefect_port, ray_port = free_port(), free_port()
     api_url = f"http://127.0.0.1:{prefect_port}/api"
     environment = {**os.environ, "PREFECT_API_URL": api_url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                    "RAY_ADDRESS": f"127.0.0.1:{ray_port}"}

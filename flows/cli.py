@@ -63,7 +63,7 @@ def _command_run(args) -> int:
 
 @contextlib.contextmanager
 def _temporary_api_server():
-    """Start a temporary Prefect API server now, unless PREFECT_API_URL names one; stop it on the way out.
+    """Start a temporary Prefect API server now, unless PREFECT_API_URL names one, and stop it on exit.
 
     Starting it before the config check lets it boot while this process imports the engine.
     """

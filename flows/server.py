@@ -41,6 +41,13 @@ def start_server(host: str = "127.0.0.1", port: int = 4200, environment: dict[st
     )
 
 
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def wait_until_healthy(api_url: str, process: subprocess.Popen, timeout_s: float = 120.0, poll_s: float = 1.0) -> None:
     """Return when the server at `api_url` reports healthy. Raise if `process` exits or `timeout_s` passes first."""
     deadline = time.monotonic() + timeout_s
@@ -73,9 +80,7 @@ class TemporaryApiServer:
     NICENESS = 10
 
     def __init__(self) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         self.api_url = f"http://127.0.0.1:{self.port}/api"
         self.process = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",

@@ -64,3 +64,12 @@ def test_server_stopped_when_command_fails(prefect_home):
             raise ValueError("config rejected")
     assert server.process.poll() is not None
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+
+
+def test_server_stopped_when_profile_names_api(prefect_home):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with cli._temporary_api_server() as server:
+        with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:4200/api"}):
+            with cli._prefect_api(server):
+                assert server.process.poll() is not None  # stopped before the flow would run

@@ -3,27 +3,20 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 
 import pytest
 
-from flows.server import PREFECT, deploy, server_environment, start_server, start_worker, stop, wait_until_healthy
+from flows.server import PREFECT, deploy, free_port, server_environment, start_server, start_worker, stop, wait_until_healthy
 from storage.sql import connect
 
 pytestmark = pytest.mark.real_model
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def prefect_server(tmp_path_factory):
     home = tmp_path_factory.mktemp("prefect-home")
-    port = _free_port()
+    port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     environment = server_environment(api_url, {"PREFECT_HOME": str(home), "PREFECT_UI_ENABLED": "false"})
     log_file = open(home / "server.log", "w")

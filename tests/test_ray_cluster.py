@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.server import stop
+from flows.server import free_port, stop
 from storage.sql import connect
 from workers.ray_runtime import configure_ray_environment
 
@@ -22,15 +22,9 @@ ROOT = Path(__file__).resolve().parent.parent
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_run_against_ray_head(tmp_path):
     configure_ray_environment()
-    port = _free_port()
+    port = free_port()
     temp_dir = Path("/tmp") / f"capkv-ray-{port}"  # Ray's socket paths must stay short
     head = subprocess.Popen(
         [RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Starts a local Ray the way a run does and prints the niceness of this process and of an actor.
+# A script that starts a local Ray the way a run does and prints the niceness of itself and of an actor.
 SCRIPT = """
 import json, os
 from workers.ray_runtime import start_ray
