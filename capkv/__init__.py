@@ -1,30 +1,57 @@
 """KV-cache eviction library: prefill with query capture, per-head compression, decode at true positions.
 
 Depends on torch and transformers only, so it can be imported without the rest of capkv-eval.
+The names below load their modules on first use: `import capkv.methods`, which a config check
+needs, then loads torch but not transformers.
 """
 
-from capkv.capacity import capacity
-from capkv.capture import LayerCapture, capture_queries
-from capkv.decode_eviction import DecodeEviction
-from capkv.decoding import Sampling
-from capkv.engine import CompressedCache, Generation, Prefill, compress, generate, prefill, prefill_options
-from capkv.memory import cache_bytes
-from capkv.methods import build_method, list_methods
+import importlib
+import sys
+import types
 
-__all__ = [
-    "CompressedCache",
-    "DecodeEviction",
-    "Generation",
-    "LayerCapture",
-    "Prefill",
-    "Sampling",
-    "build_method",
-    "cache_bytes",
-    "capacity",
-    "capture_queries",
-    "compress",
-    "generate",
-    "list_methods",
-    "prefill",
-    "prefill_options",
-]
+_SOURCES = {
+    "CompressedCache": "capkv.engine",
+    "DecodeEviction": "capkv.decode_eviction",
+    "Generation": "capkv.engine",
+    "LayerCapture": "capkv.capture",
+    "Prefill": "capkv.engine",
+    "Sampling": "capkv.decoding",
+    "build_method": "capkv.methods",
+    "cache_bytes": "capkv.memory",
+    "capacity": "capkv.capacity",
+    "capture_queries": "capkv.capture",
+    "compress": "capkv.engine",
+    "generate": "capkv.engine",
+    "list_methods": "capkv.methods",
+    "prefill": "capkv.engine",
+    "prefill_options": "capkv.engine",
+}
+
+__all__ = sorted(_SOURCES)
+
+
+def __getattr__(name: str):
+    if name not in _SOURCES:
+        raise AttributeError(f"module 'capkv' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_SOURCES[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)
+
+
+class _Package(types.ModuleType):
+    """Module type of this package that keeps `capkv.capacity` the function.
+
+    Importing a submodule binds it on its package, which would otherwise replace the function.
+    """
+
+    def __setattr__(self, name: str, value) -> None:
+        if isinstance(value, types.ModuleType) and name in _SOURCES:
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
