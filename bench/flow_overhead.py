@@ -19,6 +19,11 @@ With `--services` each flow command runs once more against a Prefect server and 
 the script starts on 127.0.0.1 beforehand, as a deployment has them, so the command starts
 neither.
 
+With `--idle-services` the plain loop command runs once more while that Prefect server and Ray
+head run beside it with nothing to do. The loop then pays only for sharing the machine with the
+services' processes, which poll and wake up many times a second. Where the actor's torch threads
+take every core, that cost is a lower bound on the overhead of any run through Prefect and Ray.
+
 The overhead is the flow command's time minus the plain loop command's time. Each flow run's
 log splits its time into start (until the flow logs its work units), units (until the last
 unit's progress line) and finish (until the command exits).
@@ -28,6 +33,7 @@ Throughput is (cell, sample) pairs per second. Peak RSS per actor is the maximum
 high-water mark. Rows do not name their actor, so with 2 actors the figure is the larger of the two.
 
     .venv/bin/python -u bench/flow_overhead.py --samples 2 12 --actors 1 2 --repeats 3
+    .venv/bin/python -u bench/flow_overhead.py --samples 12 --actors 1 --repeats 2 --services --idle-services
 """
 
 from __future__ import annotations
@@ -120,8 +126,8 @@ def plain_loop(config_path: str) -> int:
     return 0
 
 
-def time_plain_loop(args, num_samples: int, workdir: Path, repeat: int) -> Timed:
-    name = f"plain-{num_samples}-{repeat}"
+def time_plain_loop(args, num_samples: int, workdir: Path, repeat: int, beside_services: bool = False) -> Timed:
+    name = f"plain-{num_samples}{'-beside-services' if beside_services else ''}-{repeat}"
     config_path = workdir / f"{name}.yaml"
     config_path.write_text(yaml.safe_dump(run_config(args, num_samples, 1, str(workdir / name))))
     started = time.perf_counter()
@@ -205,6 +211,13 @@ def running_services(workdir: Path):
             stop(process, descendants=True)
 
 
+def _spread(values: list[float], unit: str) -> str:
+    """Median, then minimum to maximum, as +1.2% or 1.012x."""
+    pattern = "{:+.1f}%" if unit == "%" else "{:.3f}x"
+    return (f"{pattern.format(statistics.median(values))} ({pattern.format(min(values))} to "
+            f"{pattern.format(max(values))})")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m", help="bundled model name, folder or hub id")
@@ -218,6 +231,8 @@ def main() -> int:
     parser.add_argument("--actors", type=int, nargs="+", default=[1, 2], help="actor counts to run through the flow")
     parser.add_argument("--services", action="store_true",
                         help="also run each flow command against a Prefect server and a Ray head started beforehand")
+    parser.add_argument("--idle-services", action="store_true",
+                        help="also run the plain loop command while a Prefect server and a Ray head run idle beside it")
     parser.add_argument("--repeats", type=int, default=1,
                         help="number of times the loop and the flow commands run, in turn")
     parser.add_argument("--plain-loop", metavar="CONFIG", help=argparse.SUPPRESS)
@@ -233,6 +248,8 @@ def main() -> int:
         runs += [(num_actors, "services") for num_actors in args.actors]
     overheads: dict[tuple, list[float]] = {}
     units_ratios: dict[tuple, list[float]] = {}
+    beside_overheads: dict[int, list[float]] = {}
+    beside_ratios: dict[int, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="capkv-flow-bench-") as workdir:
         for num_samples in args.samples:
             for repeat in range(args.repeats):
@@ -242,6 +259,18 @@ def main() -> int:
                       f"{plain.seconds:.1f} s (imports {loop['import_s']:.1f} s, model load {loop['load_s']:.1f} s, "
                       f"units {loop['units_s']:.1f} s, rest of the loop {loop['loop_s'] - loop['units_s']:.1f} s) -> "
                       f"{plain.pairs / plain.seconds:.3f} pairs/s; load average {os.getloadavg()[0]:.2f}", flush=True)
+                beside = None
+                if args.idle_services:
+                    with running_services(Path(workdir)):
+                        beside = time_plain_loop(args, num_samples, Path(workdir), repeat, beside_services=True)
+                    ratio = beside.detail["units_s"] / loop["units_s"]
+                    beside_ratios.setdefault(num_samples, []).append(ratio)
+                    beside_overheads.setdefault(num_samples, []).append(100 * (beside.seconds - plain.seconds) / plain.seconds)
+                    print(f"{num_samples} samples, repeat {repeat + 1}, plain loop command beside idle services: "
+                          f"{beside.pairs} pairs in {beside.seconds:.1f} s (units {beside.detail['units_s']:.1f} s, "
+                          f"{ratio:.3f}x the loop's alone); {beside.seconds - plain.seconds:+.1f} s "
+                          f"({beside_overheads[num_samples][-1]:+.1f}%) against the loop alone; load average "
+                          f"{os.getloadavg()[0]:.2f}", flush=True)
                 for num_actors, mode in runs:
                     if mode is None:
                         flow = time_flow(args, num_samples, num_actors, Path(workdir), repeat)
@@ -253,6 +282,10 @@ def main() -> int:
                     key = (num_samples, num_actors, mode)
                     overheads.setdefault(key, []).append(100 * overhead / plain.seconds)
                     units_ratios.setdefault(key, []).append(phases["units_s"] / loop["units_s"])
+                    if mode and beside is not None:
+                        key_beside = (num_samples, num_actors, "beside")
+                        overheads.setdefault(key_beside, []).append(100 * (flow.seconds - beside.seconds) / beside.seconds)
+                        units_ratios.setdefault(key_beside, []).append(phases["units_s"] / beside.detail["units_s"])
                     against = " against a running Prefect server and Ray head" if mode else ""
                     print(f"{num_samples} samples, repeat {repeat + 1}, capkv-eval run{against}, {num_actors} actor(s): "
                           f"{flow.pairs} pairs in {flow.seconds:.1f} s (start {phases['start_s']:.1f} s, units "
@@ -262,12 +295,15 @@ def main() -> int:
                           f"{units_ratios[key][-1]:.3f}x the loop's; peak RSS per actor "
                           f"{phases['peak_rss_bytes'] / 2**20:,.0f} MiB; load average {os.getloadavg()[0]:.2f}", flush=True)
     print("summary over repeats (median, min, max):")
+    for num_samples, values in beside_overheads.items():
+        ratios = beside_ratios[num_samples]
+        print(f"  {num_samples} samples, plain loop beside idle services: {_spread(values, '%')} against the loop "
+              f"alone, units phase {_spread(ratios, 'x')} the loop's alone", flush=True)
     for (num_samples, num_actors, mode), values in overheads.items():
         ratios = units_ratios[(num_samples, num_actors, mode)]
-        where = ", running services" if mode else ""
-        print(f"  {num_samples} samples, {num_actors} actor(s){where}: overhead {statistics.median(values):+.1f}% "
-              f"({min(values):+.1f}% to {max(values):+.1f}%), units phase {statistics.median(ratios):.3f}x "
-              f"({min(ratios):.3f}x to {max(ratios):.3f}x) the loop's", flush=True)
+        where = {None: "", "services": ", running services", "beside": ", running services, against the loop beside them"}[mode]
+        print(f"  {num_samples} samples, {num_actors} actor(s){where}: overhead {_spread(values, '%')}, "
+              f"units phase {_spread(ratios, 'x')} the loop's", flush=True)
     return 0
 
 
