@@ -60,6 +60,10 @@ ROOT = Path(__file__).resolve().parent.parent
 METHODS = ["streaming_llm", "snapkv", "tova", "knorm", "keydiff", "expected_attention", "capkv", "random", "adakv"]
 UNITS_PLANNED = re.compile(r"\d+ work units to run")
 UNIT_DONE = re.compile(r"cells \d+/\d+ complete, samples")
+# How the summary names each kind of flow run: a temporary Prefect server and Ray, running
+# services, and running services compared with the loop timed beside them.
+MODE_LABELS = {None: "", "services": ", running services",
+               "beside": ", running services, against the loop beside them"}
 
 
 @dataclass
@@ -127,7 +131,8 @@ def plain_loop(config_path: str) -> int:
 
 
 def time_plain_loop(args, num_samples: int, workdir: Path, repeat: int, beside_services: bool = False) -> Timed:
-    name = f"plain-{num_samples}{'-beside-services' if beside_services else ''}-{repeat}"
+    where = "-beside-services" if beside_services else ""
+    name = f"plain-{num_samples}{where}-{repeat}"
     config_path = workdir / f"{name}.yaml"
     config_path.write_text(yaml.safe_dump(run_config(args, num_samples, 1, str(workdir / name))))
     started = time.perf_counter()
@@ -212,7 +217,7 @@ def running_services(workdir: Path):
 
 
 def _spread(values: list[float], unit: str) -> str:
-    """Median, then minimum to maximum, as +1.2% or 1.012x."""
+    """Format the median, then the minimum to maximum, as +1.2% or 1.012x."""
     pattern = "{:+.1f}%" if unit == "%" else "{:.3f}x"
     return (f"{pattern.format(statistics.median(values))} ({pattern.format(min(values))} to "
             f"{pattern.format(max(values))})")
@@ -301,8 +306,7 @@ def main() -> int:
               f"alone, units phase {_spread(ratios, 'x')} the loop's alone", flush=True)
     for (num_samples, num_actors, mode), values in overheads.items():
         ratios = units_ratios[(num_samples, num_actors, mode)]
-        where = {None: "", "services": ", running services", "beside": ", running services, against the loop beside them"}[mode]
-        print(f"  {num_samples} samples, {num_actors} actor(s){where}: overhead {_spread(values, '%')}, "
+        print(f"  {num_samples} samples, {num_actors} actor(s){MODE_LABELS[mode]}: overhead {_spread(values, '%')}, "
               f"units phase {_spread(ratios, 'x')} the loop's", flush=True)
     return 0
 

@@ -1,8 +1,8 @@
 """KV-cache eviction library: prefill with query capture, per-head compression, decode at true positions.
 
 Depends on torch and transformers only, so it can be imported without the rest of capkv-eval.
-The names below load their modules on first use: `import capkv.methods`, which a config check
-needs, then loads torch but not transformers.
+The names below load their modules on first use, so `import capkv.methods`, which a config
+check needs, loads torch but not transformers.
 """
 
 import importlib

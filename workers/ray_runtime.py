@@ -8,10 +8,11 @@ import os
 log = logging.getLogger(__name__)
 
 # Ray reads these when it is imported: without the first it binds all interfaces on some
-# platforms, and the next two switch off the auth prompt and usage reporting. The raylet of a
-# Ray started here reads the last. By default Ray runs its workers at nice 15, below its own
-# daemons, this command and the Prefect server. Any of those then preempted an actor's torch
-# threads, so the actors run at the command's priority instead.
+# platforms, the next two switch off the auth prompt and usage reporting, and the fourth stops
+# Ray from merging log lines that several workers repeat. The raylet of a Ray started here reads
+# the last. By default Ray runs its workers at nice 15, below its own daemons, this command and
+# the Prefect server. Any of those then preempted an actor's torch threads, so the actors run at
+# the command's priority instead.
 _RAY_ENVIRONMENT = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     "RAY_AUTH_MODE": "disabled",
