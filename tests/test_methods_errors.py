@@ -88,6 +88,9 @@ def test_prefill_missing_what_method_reads(prefilled_model):
         ("snapvk", {}, "unknown method 'snapvk' (did you mean 'snapkv'?); known: "),
         ("kvpress:nosuchpress", {}, "unknown kvpress press 'nosuchpress'; known: "),
         ("kvpress:decoding", {}, "kvpress:decoding (DecodingPress) works inside the model's forward pass"),
+        ("kvpress:criticalkv", {}, "kvpress:criticalkv needs press=<kvpress press name>, for example press='snapkv'"),
+        ("kvpress:criticalkv", {"alpha": 0.5},
+         "unknown parameter 'alpha' for method 'kvpress:criticalkv'; accepted: press, epsilon, first_stage_ratio"),
     ],
 )
 def test_invalid_parameters(name, params, expected):

@@ -11,7 +11,8 @@ import torch
 from transformers import DynamicCache, Qwen3Config, Qwen3ForCausalLM
 
 from capkv import build_method, compress, prefill, prefill_options
-from capkv.methods.kvpress_presses import import_kvpress, recover_indices
+from capkv.methods import method_parameters
+from capkv.methods.kvpress_presses import import_kvpress, kvpress_method_class, list_kvpress_presses, recover_indices
 from tests.conftest import tiny_llama
 
 kvpress = import_kvpress()
@@ -86,6 +87,34 @@ def test_kvpress_adapter_equals_our_knorm():
 
     for adapter_layer, our_layer in zip(through_adapter, ours):
         assert torch.equal(adapter_layer, our_layer)
+
+
+def test_criticalkv_adapter_matches_kvpress():
+    # CriticalKVPress writes its own __init__ (press, epsilon, first_stage_ratio) instead of
+    # being a dataclass, and rescales the wrapped press's scores with the output projection.
+    model = tiny_llama(num_heads=4, num_kv_heads=2, layers=2, seed=11)
+    input_ids = torch.randint(3, 128, (1, LENGTH), generator=torch.Generator().manual_seed(9))
+
+    through_adapter = our_kept_indices(model, build_method("kvpress:criticalkv", press="knorm"), input_ids)
+    theirs = kvpress_kept_indices(model, kvpress.CriticalKVPress(kvpress.KnormPress(RATIO)), input_ids)
+    plain_knorm = our_kept_indices(model, build_method("knorm"), input_ids)
+
+    for layer_idx, (adapter_layer, reference) in enumerate(zip(through_adapter, theirs)):
+        assert torch.equal(adapter_layer, reference), f"layer {layer_idx}"
+    assert any(not torch.equal(a, b) for a, b in zip(through_adapter, plain_knorm)), "the rescaling changed nothing"
+
+
+def test_press_parameters_from_init_or_fields():
+    assert method_parameters("kvpress:criticalkv") == {"press": None, "epsilon": 1e-4, "first_stage_ratio": 0.5}
+    assert method_parameters("kvpress:knorm") == {}
+
+
+def test_press_file_without_suffix_resolves():
+    assert "expected_attention_with_stats" in list_kvpress_presses()
+    method_class = kvpress_method_class("expected_attention_with_stats")
+    assert method_class.name == "kvpress:expected_attention_with_stats"
+    assert method_class.press_class is kvpress.ExpectedAttentionStatsPress
+    assert kvpress_method_class("ExpectedAttentionStatsPress") is method_class
 
 
 def test_importing_kvpress_leaves_attention_unpatched():

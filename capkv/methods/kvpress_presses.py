@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import inspect
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,14 +59,20 @@ def _normalise(name: str) -> str:
     return key[: -len("press")] if key.endswith("press") else key
 
 
+def _file_name(module_name: str) -> str:
+    """Return the press name a kvpress module's file gives: `snapkv` for `snapkv_press.py`, else the file's stem."""
+    stem = module_name.rsplit(".", 1)[-1]
+    return stem[: -len("_press")] if stem.endswith("_press") else stem
+
+
 def list_kvpress_presses() -> list[str]:
     """Press names as kvpress's file names give them (`snapkv`, `streaming_llm`, ...), without importing it."""
     spec = importlib.util.find_spec("kvpress")
     if spec is None or not spec.submodule_search_locations:
         return []
     folder = Path(next(iter(spec.submodule_search_locations))) / "presses"
-    stems = [path.stem for path in folder.glob("*_press.py") if path.stem not in ("base_press", "scorer_press")]
-    return sorted(stem[: -len("_press")] for stem in stems)
+    stems = [path.stem for path in folder.glob("*.py") if path.stem not in ("__init__", "base_press", "scorer_press")]
+    return sorted(_file_name(stem) for stem in stems)
 
 
 def _press_classes() -> dict[str, type]:
@@ -108,13 +115,41 @@ def _is_press_type(annotation) -> bool:
     return "Press" in str(annotation)
 
 
-def _make_method_class(press_class: type) -> type:
+class _PressParameter(typing.NamedTuple):
+    name: str
+    annotation: object
+    default: object = dataclasses.MISSING
+    default_factory: object = dataclasses.MISSING
+
+
+def _press_parameters(press_class: type) -> list[_PressParameter]:
+    """Return the parameters a press is constructed with, from its dataclass fields or its own `__init__`.
+
+    Most presses are dataclasses. A press that writes its own `__init__` without being a dataclass
+    itself (CriticalKVPress) inherits its parent's fields, which are not what it accepts, so its
+    parameters come from that `__init__`'s signature.
+    """
+    own = vars(press_class)
+    if "__init__" in own and "__dataclass_fields__" not in own:
+        hints = typing.get_type_hints(press_class.__init__)
+        signature = inspect.signature(press_class.__init__)
+        return [
+            _PressParameter(name, hints.get(name, object),
+                            dataclasses.MISSING if parameter.default is parameter.empty else parameter.default)
+            for name, parameter in list(signature.parameters.items())[1:]
+            if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
+        ]
     hints = typing.get_type_hints(press_class)
+    return [_PressParameter(spec.name, hints.get(spec.name, object), spec.default, spec.default_factory)
+            for spec in dataclasses.fields(press_class) if spec.init]
+
+
+def _make_method_class(press_class: type) -> type:
     fields, required_presses = [], []
-    for spec in dataclasses.fields(press_class):
-        if spec.name == "compression_ratio" or not spec.init or spec.name.startswith("_"):
+    for spec in _press_parameters(press_class):
+        if spec.name == "compression_ratio" or spec.name.startswith("_"):
             continue
-        annotation = hints.get(spec.name, object)
+        annotation = spec.annotation
         if _is_press_type(annotation):
             # A press name, built with its defaults; None keeps the press's own default when it has one.
             has_factory = spec.default_factory is not dataclasses.MISSING
@@ -133,7 +168,7 @@ def _make_method_class(press_class: type) -> type:
         else:
             fields.append((spec.name, object, dataclasses.field(default=None)))
     key = _normalise(press_class.__name__)
-    file_stem = press_class.__module__.rsplit(".", 1)[-1][: -len("_press")]
+    file_stem = _file_name(press_class.__module__)
     canonical = file_stem if _normalise(file_stem) == key or resolve_press(file_stem) is press_class else key
     namespace = {
         "name": f"kvpress:{canonical}",
@@ -184,7 +219,7 @@ class KVPressMethod(EvictionMethod):
 
     def build_press(self, compression_ratio: float):
         """Construct the press with this method's parameters and, where it can be set, `compression_ratio`."""
-        hints = typing.get_type_hints(self.press_class)
+        annotations = {spec.name: spec.annotation for spec in _press_parameters(self.press_class)}
         kwargs = {}
         for spec in dataclasses.fields(self):
             value = getattr(self, spec.name)
@@ -194,7 +229,7 @@ class KVPressMethod(EvictionMethod):
                 )
             if value is None:
                 continue
-            if isinstance(value, str) and _is_press_type(hints.get(spec.name)):
+            if isinstance(value, str) and _is_press_type(annotations.get(spec.name)):
                 value = resolve_press(value)()
             kwargs[spec.name] = value
         try:
