@@ -10,15 +10,18 @@ log = logging.getLogger(__name__)
 # Ray reads these when it is imported: without the first it binds all interfaces on some
 # platforms, the next two switch off the auth prompt and usage reporting, and the fourth stops
 # Ray from merging log lines that several workers repeat. The raylet of a Ray started here reads
-# the last. By default Ray runs its workers at nice 15, below its own daemons, this command and
-# the Prefect server. Any of those then preempted an actor's torch threads, so the actors run at
-# the command's priority instead.
+# the last two. By default Ray runs its workers at nice 15, below its own daemons, this command
+# and the Prefect server. Any of those then preempted an actor's torch threads, so the actors run
+# at the command's priority instead. By default the raylet also starts an idle worker process
+# when the first driver connects. This command runs only actors, each in a worker of its own, so
+# that process would sit idle for the whole run, waking about 100 times a second.
 _RAY_ENVIRONMENT = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     "RAY_AUTH_MODE": "disabled",
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_DEDUP_LOGS": "0",
     "RAY_worker_niceness": "0",
+    "RAY_prestart_worker_first_driver": "0",
 }
 
 DEFAULT_OBJECT_STORE_BYTES = 256 * 1024 * 1024
