@@ -16,7 +16,8 @@ random order every round:
 - with `--priority`, nice-19 and sched-idle: the services run with every thread at nice 19, or
   under the SCHED_IDLE policy. Setting a thread back to nice 0 needs root (CAP_SYS_NICE).
 
-A unit counts for the state whose block holds all of it. Each state's mean unit time is compared
+This process stays Ray's driver, as the command does, and is never paused. A unit counts for the
+state whose block contains all of it. Each state's mean unit time is compared
 with the stopped state's, over all units and round by round, because the speed of these shared
 cores drifts over minutes. Round by round, the summary gives the mean ratio and its standard error.
 
@@ -67,6 +68,7 @@ def workload(config_path: str) -> int:
 
 
 def thread_ids(pids: list[int]) -> list[int]:
+    """Return the ids of every thread of `pids`, read from /proc."""
     ids = []
     for pid in pids:
         ids += [int(path.rsplit("/", 1)[1]) for path in glob.glob(f"/proc/{pid}/task/*")]
@@ -121,6 +123,9 @@ def summarise(states: list[str], timeline: list[tuple[str, float, float]], units
     by_state = {state: [] for state in states}
     for state, start, end in timeline:
         by_state[state] += durations(start, end)
+    if not all(by_state.values()):
+        empty = ", ".join(state for state, values in by_state.items() if not values)
+        raise SystemExit(f"no whole unit fell in any block of: {empty}; use a --block longer than one unit")
     baseline = statistics.mean(by_state["stopped"])
     print("state            units  mean s  median s  mean / stopped")
     for state in states:
@@ -130,8 +135,11 @@ def summarise(states: list[str], timeline: list[tuple[str, float, float]], units
 
     paired = {state: [] for state in states if state != "stopped"}
     for index in range(rounds):
-        block = timeline[index * len(states):(index + 1) * len(states)]
-        means = {state: statistics.mean(values) for state, start, end in block if (values := durations(start, end))}
+        means = {}
+        for state, start, end in timeline[index * len(states):(index + 1) * len(states)]:
+            values = durations(start, end)
+            if values:
+                means[state] = statistics.mean(values)
         if "stopped" not in means:
             continue
         for state in paired:
@@ -139,14 +147,17 @@ def summarise(states: list[str], timeline: list[tuple[str, float, float]], units
                 paired[state].append(means[state] / means["stopped"])
     print("round by round, mean / stopped (mean +- standard error):")
     for state, ratios in paired.items():
-        error = statistics.stdev(ratios) / len(ratios) ** 0.5 if len(ratios) > 1 else float("nan")
-        print(f"  {state:<16} {statistics.mean(ratios):.4f} +- {error:.4f} over {len(ratios)} rounds")
+        if len(ratios) < 2:
+            print(f"  {state:<16} {len(ratios)} round(s) with units in both states, too few for an error")
+            continue
+        standard_error = statistics.stdev(ratios) / len(ratios) ** 0.5
+        print(f"  {state:<16} {statistics.mean(ratios):.4f} +- {standard_error:.4f} over {len(ratios)} rounds")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--block", type=float, default=8.0, help="seconds in each state before the next")
-    parser.add_argument("--rounds", type=int, default=18, help="rounds; each visits every state once")
+    parser.add_argument("--rounds", type=int, default=18, help="number of rounds, each visiting every state once")
     parser.add_argument("--methods", nargs="+", default=["snapkv", "capkv"], help="methods in each work unit")
     parser.add_argument("--samples", type=int, default=3, help="needle samples (one work unit each)")
     parser.add_argument("--context-length", type=int, default=1000, help="needle context length in tokens")

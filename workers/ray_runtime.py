@@ -12,15 +12,15 @@ log = logging.getLogger(__name__)
 # Ray from merging log lines that several workers repeat. The raylet of a Ray started here reads
 # the last two. By default Ray runs its workers at nice 15, below its own daemons, this command
 # and the Prefect server. Any of those then preempted an actor's torch threads, so the actors run
-# at the command's priority instead. By default the raylet also starts an idle worker process
-# when the first driver connects. This command runs only actors, each in a worker of its own, so
-# that process would sit idle for the whole run, its threads waking about 160 times a second.
+# at the command's priority instead.
 _RAY_ENVIRONMENT = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     "RAY_AUTH_MODE": "disabled",
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_DEDUP_LOGS": "0",
     "RAY_worker_niceness": "0",
+    # No idle worker when the driver connects: the command runs only actors, each in a worker of
+    # its own, so that worker would idle all run, its threads waking about 160 times a second.
     "RAY_prestart_worker_first_driver": "0",
 }
 

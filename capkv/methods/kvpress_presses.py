@@ -132,13 +132,13 @@ def _press_parameters(press_class: type) -> list[_PressParameter]:
     own = vars(press_class)
     if "__init__" in own and "__dataclass_fields__" not in own:
         hints = typing.get_type_hints(press_class.__init__)
-        signature = inspect.signature(press_class.__init__)
-        return [
-            _PressParameter(name, hints.get(name, object),
-                            dataclasses.MISSING if parameter.default is parameter.empty else parameter.default)
-            for name, parameter in list(signature.parameters.items())[1:]
-            if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
-        ]
+        parameters = []
+        for name, parameter in list(inspect.signature(press_class.__init__).parameters.items())[1:]:
+            if parameter.kind not in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY):
+                continue  # *args and **kwargs name no parameter
+            default = dataclasses.MISSING if parameter.default is parameter.empty else parameter.default
+            parameters.append(_PressParameter(name, hints.get(name, object), default))
+        return parameters
     hints = typing.get_type_hints(press_class)
     return [_PressParameter(spec.name, hints.get(spec.name, object), spec.default, spec.default_factory)
             for spec in dataclasses.fields(press_class) if spec.init]
