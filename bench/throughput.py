@@ -9,14 +9,16 @@ Three ways of running the same pairs are timed, model loads excluded from the fi
 - kvpress pipeline: `KVPressTextGenerationPipeline` called once per (press, ratio, sample) with
   the model loaded once. This runs in a subprocess because importing kvpress patches
   transformers' attention functions for the whole process;
-- kvpress evaluation-script style: the pipeline time plus one model load per cell, because
-  kvpress's evaluation script loads the model for every (press, ratio) run. The load time is
-  measured once in the subprocess and multiplied by the number of cells; it is not run literally.
+- kvpress evaluation-script style: kvpress's evaluation script evaluates one (press, ratio) per
+  invocation, so every cell is a fresh Python process that imports kvpress, loads the model and
+  runs the pipeline over the samples. Each such process is timed from its start to its exit.
+  `--script-runs estimate` skips these runs and adds one warm model load per cell to the pipeline
+  time instead, a lower bound on the script's time.
 
 Both sides decode greedily for at most `--max-new-tokens` tokens and stop at the model's EOS.
 The prompt is the chat-templated context, and the question is fed after compression on both sides.
 
-    .venv/bin/python bench/throughput.py --samples 2 --max-new-tokens 12
+    .venv/bin/python -u bench/throughput.py --dtype float32 --samples 2 --max-new-tokens 8
 """
 
 from __future__ import annotations
@@ -114,17 +116,19 @@ def build_press(kvpress, name: str, ratio: float):
     return getattr(kvpress, press_class)(compression_ratio=ratio)
 
 
-def run_kvpress(args) -> dict:
-    """Run kvpress's pipeline per (press, ratio, sample) with the model loaded once; print JSON."""
+def run_kvpress(args, measure_reload: bool = True) -> dict:
+    """Run kvpress's pipeline per (press, ratio, sample) with the model loaded once; return timings and answers."""
     import kvpress
     from transformers import pipeline
 
     load_started = time.perf_counter()
     loaded = load_model(args.model, dtype=args.dtype, device="cpu")
     first_load = time.perf_counter() - load_started
-    load_started = time.perf_counter()
-    load_model(args.model, dtype=args.dtype, device="cpu")  # a warm reload, as each kvpress run does
-    model_load = time.perf_counter() - load_started
+    model_load = None
+    if measure_reload:
+        load_started = time.perf_counter()
+        load_model(args.model, dtype=args.dtype, device="cpu")  # a warm reload, as each kvpress run does
+        model_load = time.perf_counter() - load_started
 
     pipe = pipeline("kv-press-text-generation", model=loaded.model, tokenizer=loaded.tokenizer, device="cpu")
     samples = load_samples(loaded.tokenizer, args.samples, args.context_length)
@@ -142,6 +146,33 @@ def run_kvpress(args) -> dict:
             "pairs": len(answers)}
 
 
+def kvpress_command(args, mode: str, methods: list[str], ratios: list[float]) -> list[str]:
+    return [sys.executable, __file__, mode, "--model", args.model, "--dtype", args.dtype,
+            "--samples", str(args.samples), "--context-length", str(args.context_length),
+            "--max-new-tokens", str(args.max_new_tokens), "--methods", *methods, "--ratios", *map(str, ratios)]
+
+
+def run_script_style(args) -> dict | None:
+    """Run each (press, ratio) as kvpress's evaluation script does, in a process of its own; time each to its exit."""
+    answers: dict[str, str] = {}
+    per_cell: list[float] = []
+    pipeline_seconds = 0.0
+    for ratio in args.ratios:
+        for name in args.methods:
+            started = time.perf_counter()
+            completed = subprocess.run(kvpress_command(args, "--kvpress-cell", [name], [ratio]),
+                                       capture_output=True, text=True, check=False)
+            per_cell.append(time.perf_counter() - started)
+            if completed.returncode != 0:
+                print(f"kvpress process for {name} at ratio {ratio} failed with exit code {completed.returncode}:\n"
+                      f"{completed.stderr[-3000:]}")
+                return None
+            cell = json.loads(completed.stdout.strip().splitlines()[-1])
+            answers.update(cell["answers"])
+            pipeline_seconds += cell["seconds"]
+    return {"seconds": sum(per_cell), "per_cell": per_cell, "pipeline": pipeline_seconds, "answers": answers}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m", help="bundled model name, folder or hub id")
@@ -154,13 +185,16 @@ def main() -> int:
     parser.add_argument("--max-new-tokens", type=int, default=12, help="maximum answer tokens")
     parser.add_argument("--batch", choices=["exact", "always", "never"], default="exact",
                         help="batch decoding: only where tokens stay identical (float32), always, or never")
+    parser.add_argument("--script-runs", choices=["run", "estimate"], default="run",
+                        help="evaluation-script style: one process per cell, or the pipeline time plus a load per cell")
     parser.add_argument("--kvpress-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--kvpress-cell", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--skip-kvpress", action="store_true", help="time only our engine")
     args = parser.parse_args()
     transformers_logging.disable_progress_bar()
 
-    if args.kvpress_worker:
-        print(json.dumps(run_kvpress(args)))
+    if args.kvpress_worker or args.kvpress_cell:
+        print(json.dumps(run_kvpress(args, measure_reload=args.kvpress_worker)))
         return 0
 
     print(f"{len(args.methods)} methods x {len(args.ratios)} ratios x {args.samples} needle samples at "
@@ -175,23 +209,36 @@ def main() -> int:
     if args.skip_kvpress:
         return 0
 
-    command = [sys.executable, __file__, "--kvpress-worker", "--model", args.model, "--dtype", args.dtype,
-               "--samples", str(args.samples), "--context-length", str(args.context_length),
-               "--max-new-tokens", str(args.max_new_tokens), "--methods", *args.methods,
-               "--ratios", *map(str, args.ratios)]
-    completed = subprocess.run(command, capture_output=True, text=True, check=False)
+    completed = subprocess.run(kvpress_command(args, "--kvpress-worker", args.methods, args.ratios),
+                               capture_output=True, text=True, check=False)
     if completed.returncode != 0:
         print(f"kvpress subprocess failed with exit code {completed.returncode}:\n{completed.stderr[-3000:]}")
         return 1
     theirs = json.loads(completed.stdout.strip().splitlines()[-1])
-    script_seconds = theirs["seconds"] + theirs["model_load"] * len(args.methods) * len(args.ratios)
     ours_rate = pairs / ours["seconds"]
     pipeline_rate = theirs["pairs"] / theirs["seconds"]
-    script_rate = theirs["pairs"] / script_seconds
-    print(f"kvpress pipeline: {theirs['pairs']} pairs in {theirs['seconds']:.1f} s -> {pipeline_rate:.3f} pairs/s; "
-          f"load average {os.getloadavg()[0]:.2f}")
-    print(f"kvpress evaluation-script style: + {theirs['model_load']:.2f} s model load x "
-          f"{len(args.methods) * len(args.ratios)} cells -> {script_rate:.3f} pairs/s (computed, not run)")
+    print(f"kvpress pipeline: {theirs['pairs']} pairs in {theirs['seconds']:.1f} s -> {pipeline_rate:.3f} pairs/s "
+          f"(first model load {theirs['first_load']:.2f} s, warm reload {theirs['model_load']:.2f} s); "
+          f"load average {os.getloadavg()[0]:.2f}", flush=True)
+    cells = len(args.methods) * len(args.ratios)
+    if args.script_runs == "estimate":
+        script_seconds = theirs["seconds"] + theirs["model_load"] * cells
+        script_pairs = theirs["pairs"]
+        print(f"kvpress evaluation-script style, estimated: + {theirs['model_load']:.2f} s warm model load x {cells} "
+              f"cells -> {script_pairs / script_seconds:.3f} pairs/s (not run)")
+    else:
+        script = run_script_style(args)
+        if script is None:
+            return 1
+        script_seconds, script_pairs = script["seconds"], len(script["answers"])
+        differing = [key for key, answer in script["answers"].items() if answer != theirs["answers"].get(key)]
+        differing_methods = ", ".join(sorted({key.split("@")[0] for key in differing})) or "none"
+        print(f"kvpress evaluation-script style: {cells} processes, {script_pairs} pairs in {script_seconds:.1f} s "
+              f"(per process {min(script['per_cell']):.1f} to {max(script['per_cell']):.1f} s, of which the pipeline "
+              f"calls {script['pipeline']:.1f} s in all) -> {script_pairs / script_seconds:.3f} pairs/s; answers equal "
+              f"to the one-process pipeline's: {script_pairs - len(differing)} of {script_pairs} (differing methods: "
+              f"{differing_methods}); load average {os.getloadavg()[0]:.2f}")
+    script_rate = script_pairs / script_seconds
     print(f"speed-up: {ours_rate / pipeline_rate:.1f}x over the pipeline, {ours_rate / script_rate:.1f}x over the "
           f"evaluation-script style")
     same = sum(ours["answers"][key] == theirs["answers"].get(key) for key in ours["answers"])

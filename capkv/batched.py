@@ -25,8 +25,9 @@ from capkv.ragged import RaggedLayer, needs_ragged_attention, ragged_attention
 
 
 # Dtypes whose batched tokens matched decoding one cache at a time in tests/test_batched_decode.py
-# (CPU, torch 2.13). In bfloat16 the batched matrix products round differently from batch size 1,
-# and SmolLM2's greedy tokens differed for 4 of 9 methods on a 2k-token needle prompt.
+# (CPU, torch 2.13). In bfloat16, oneDNN rounds some outputs of a one-row matrix product
+# differently from the same row in a batch (first seen in SmolLM2's down projection, 1,536
+# inputs). SmolLM2's greedy tokens then differed for 4 of 9 methods on a 2k-token needle prompt.
 # NOTE: float32 on GPU was not checked.
 EXACT_DTYPES = frozenset({torch.float32})
 
