@@ -150,7 +150,7 @@ class RunConfig(BaseModel):
     # Generated tokens between two decode-time cuts; None takes the benchmark's setting, else 32.
     decode_interval: PositiveInt | None = None
     # Decode equal-shaped compressed caches of one sample in one batch where that gives identical
-    # tokens (float32 on CPU); see capkv.batched.
+    # tokens (float32 and bfloat16 on CPU); see capkv.batched.
     batch_decode: bool = True
     chunk_size: PositiveInt = 2
     num_actors: PositiveInt = 1

@@ -8,7 +8,7 @@ import torch
 from benchmarks import build_benchmark
 from benchmarks.prompt import build_prompt
 from capkv import build_method, compress, generate, prefill, prefill_options
-from capkv.batched import batch_key, generate_batched, generate_grouped, group_by_shape, stack_caches
+from capkv.batched import batch_dependent_linears, batch_key, generate_batched, generate_grouped, group_by_shape, stack_caches
 from tests.conftest import tiny_llama
 from workers.fidelity import copy_cache
 from workers.models import stop_token_ids
@@ -127,12 +127,72 @@ def test_stack_rejects_mismatched_shapes():
         stack_caches([compressed[0], other])
 
 
-def test_group_by_shape_keeps_bfloat16_apart():
-    model = tiny_llama().to(torch.bfloat16)
+def test_group_by_shape_keeps_float16_apart():
+    model = tiny_llama().to(torch.float16)
     prefilled, compressed = _compress_all(model, _prompt(100), ["snapkv", "capkv"], budget=40)
 
     assert group_by_shape(compressed) == [[0], [1]]
     assert group_by_shape(compressed, exact_only=False) == [[0, 1]]
+
+
+def test_group_by_shape_batches_bfloat16():
+    model = tiny_llama().to(torch.bfloat16)
+    prefilled, compressed = _compress_all(model, _prompt(100), ["snapkv", "capkv"], budget=40)
+
+    assert group_by_shape(compressed) == [[0, 1]]
+
+
+def test_batched_bfloat16_restores_linear_forward():
+    model = tiny_llama().to(torch.bfloat16)
+    prefilled, compressed = _compress_all(model, _prompt(150), UNIFORM_METHODS, budget=40)
+
+    expected = _decode_one_by_one(model, prefilled, compressed, 8, set())
+    batched = generate_batched(model, compressed, prefilled.context_length, 8, set(),
+                               first_logits=prefilled.last_logits)
+
+    assert [g.token_ids for g in batched] == expected
+    assert not any("forward" in vars(module) for module in model.modules())
+
+
+def test_float32_linears_are_not_probed():
+    assert batch_dependent_linears(tiny_llama()) == []
+
+
+def test_linears_left_batched_are_batch_invariant(smollm2):
+    """Every linear layer that the probe leaves batched gives each row the same output alone and in a batch."""
+    model = smollm2.model
+    dependent = {id(module) for module in batch_dependent_linears(model)}
+    generator = torch.Generator().manual_seed(1)
+    checked = 0
+    for module in model.modules():
+        if not isinstance(module, torch.nn.Linear) or id(module) in dependent:
+            continue
+        inputs = torch.randn(5, module.in_features, generator=generator).to(module.weight.dtype)
+        with torch.no_grad():
+            batched = module(inputs)
+            alone = torch.cat([module(inputs[row:row + 1]) for row in range(5)])
+        assert torch.equal(batched, alone), module
+        checked += 1
+    assert checked > 0
+
+
+def test_batched_matches_single_on_smollm2_bfloat16(smollm2):
+    """A 2k-token needle prompt at ratio 0.9375 where batching every linear layer changed tova's and capkv's tokens."""
+    loaded = smollm2
+    sample = build_benchmark("needle", context_length=2000).load(loaded.tokenizer, 1, seed=0)[0]
+    prompt = build_prompt(loaded.tokenizer, sample, chat_template=True, query_aware=False)
+    names = ["tova", "capkv", "snapkv", "knorm", "keydiff", "streaming_llm"]
+    methods = [build_method(name) for name in names]
+    prefilled = prefill(loaded.model, torch.tensor([prompt.context_ids]), **prefill_options(methods))
+    compressed = [compress(loaded.model, prefilled, method, ratio=0.9375) for method in methods]
+    suffix = torch.tensor([prompt.suffix_ids])
+    stops = stop_token_ids(loaded)
+
+    expected = _decode_one_by_one(loaded.model, prefilled, compressed, 24, stops, suffix_ids=suffix)
+    batched = generate_batched(loaded.model, compressed, prefilled.context_length, 24, stops, suffix_ids=suffix)
+
+    assert group_by_shape(compressed) == [list(range(len(names)))]
+    assert [g.token_ids for g in batched] == expected
 
 
 @pytest.fixture(scope="module")

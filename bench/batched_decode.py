@@ -1,0 +1,108 @@
+"""Compare batched greedy decoding of compressed caches with decoding each cache alone.
+
+Each needle sample is prefilled once and compressed by every method at every compression ratio.
+The caches of one ratio have equal shapes (Ada-KV's ragged heads excepted), so they form one
+batch. Each batch is decoded three ways, one after the other:
+
+- one by one with `capkv.generate`, the reference;
+- with `capkv.batched.generate_batched` as the worker runs it (`exact=True`: in bfloat16 the
+  linear layers that `batch_dependent_linears` finds run row by row);
+- with every layer batched (`exact=False`), unless `--skip-unsplit`.
+
+The script prints how many rows give the reference's tokens and the time of each way.
+
+    .venv/bin/python -u bench/batched_decode.py --dtype bfloat16 --samples 2 --max-new-tokens 24
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers.utils import logging as transformers_logging
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import build_benchmark  # noqa: E402
+from benchmarks.prompt import build_prompt  # noqa: E402
+from capkv import build_method, compress, generate, prefill, prefill_options  # noqa: E402
+from capkv.batched import batch_dependent_linears, generate_batched, group_by_shape  # noqa: E402
+from workers.fidelity import copy_cache  # noqa: E402
+from workers.models import load_model, stop_token_ids  # noqa: E402
+
+METHODS = ["streaming_llm", "snapkv", "tova", "knorm", "keydiff", "expected_attention", "capkv", "random", "adakv"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m", help="bundled model name, folder or hub id")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="model dtype")
+    parser.add_argument("--samples", type=int, default=2, help="needle samples")
+    parser.add_argument("--context-length", type=int, default=2000, help="needle context length in tokens")
+    parser.add_argument("--methods", nargs="+", default=METHODS, help="methods, one cache each per ratio")
+    parser.add_argument("--ratios", type=float, nargs="+", default=[0.5, 0.75, 0.875, 0.9375],
+                        help="compression ratios: the share of context tokens evicted")
+    parser.add_argument("--max-new-tokens", type=int, default=24, help="tokens decoded per cache")
+    parser.add_argument("--skip-unsplit", action="store_true", help="do not decode with every layer batched")
+    args = parser.parse_args()
+    transformers_logging.disable_progress_bar()
+
+    loaded = load_model(args.model, dtype=args.dtype, device="cpu")
+    model = loaded.model
+    stops = stop_token_ids(loaded)
+    methods = [build_method(name) for name in args.methods]
+    probe_started = time.perf_counter()
+    split = batch_dependent_linears(model)
+    print(f"{args.model} in {args.dtype}, {len(methods)} methods x {len(args.ratios)} ratios x {args.samples} needle "
+          f"samples at {args.context_length} tokens, {args.max_new_tokens} tokens each; {len(split)} linear layers "
+          f"run row by row in a batch (probe {time.perf_counter() - probe_started:.1f} s); "
+          f"load average {os.getloadavg()[0]:.2f}", flush=True)
+
+    ways = ["exact"] if args.skip_unsplit else ["exact", "unsplit"]
+    seconds = {"alone": 0.0, **{way: 0.0 for way in ways}}
+    identical = {way: 0 for way in ways}
+    differing: dict[str, list[str]] = {way: [] for way in ways}
+    rows = 0
+    benchmark = build_benchmark("needle", context_length=args.context_length)
+    for sample in benchmark.load(loaded.tokenizer, args.samples, seed=0):
+        prompt = build_prompt(loaded.tokenizer, sample, chat_template=True, query_aware=False)
+        prefilled = prefill(model, torch.tensor([prompt.context_ids]), **prefill_options(methods))
+        suffix = torch.tensor([prompt.suffix_ids])
+        for ratio in args.ratios:
+            caches = [compress(model, prefilled, method, ratio=ratio) for method in methods]
+            for group in group_by_shape(caches, exact_only=False):
+                if len(group) < 2:
+                    continue
+                members = [caches[index] for index in group]
+                started = time.perf_counter()
+                expected = [generate(model, copy_cache(item.cache), prefilled.context_length, args.max_new_tokens,
+                                     stops, suffix_ids=suffix).token_ids for item in members]
+                seconds["alone"] += time.perf_counter() - started
+                rows += len(members)
+                for way in ways:
+                    started = time.perf_counter()
+                    batch = generate_batched(model, members, prefilled.context_length, args.max_new_tokens, stops,
+                                             suffix_ids=suffix, exact=way == "exact")
+                    seconds[way] += time.perf_counter() - started
+                    for index, generation, tokens in zip(group, batch, expected):
+                        if generation.token_ids == tokens:
+                            identical[way] += 1
+                        else:
+                            differing[way].append(f"{methods[index].name}@{ratio} {sample.sample_id}")
+        print(f"sample {sample.sample_id} done; load average {os.getloadavg()[0]:.2f}", flush=True)
+
+    print(f"one by one: {rows} rows in {seconds['alone']:.1f} s")
+    for way in ways:
+        label = "batched as the worker runs it" if way == "exact" else "batched, every layer"
+        print(f"{label}: {identical[way]} of {rows} rows identical, {seconds[way]:.1f} s "
+              f"({seconds['alone'] / seconds[way]:.2f}x faster than one by one); differing: "
+              f"{', '.join(differing[way]) or 'none'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
