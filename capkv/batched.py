@@ -33,7 +33,7 @@ from capkv.ragged import RaggedLayer, needs_ragged_attention, ragged_attention
 
 # Dtypes whose batched tokens matched decoding one cache at a time in tests/test_batched_decode.py
 # (CPU, torch 2.13), bfloat16 with its batch-dependent linear layers run row by row.
-# NOTE: GPUs and float16 were not checked, so caches in float16 are decoded one at a time.
+# NOTE: no GPU was checked. Nor was float16, so float16 caches are decoded one at a time.
 EXACT_DTYPES = frozenset({torch.float32, torch.bfloat16})
 
 # Dtypes whose batch-dependent linear layers run row by row, and the probe that finds them. In
