@@ -58,7 +58,7 @@ def _changes_with_batch(layer: nn.Linear) -> bool:
     generator = torch.Generator().manual_seed(0)
     inputs = torch.randn(rows, weight.shape[1], generator=generator).to(weight.device, weight.dtype)
     with torch.no_grad():
-        alone = torch.cat([functional.linear(inputs[row:row + 1], weight, layer.bias) for row in range(rows)])
+        alone = _linear_row_by_row(layer, inputs)
         for size in _PROBE_BATCH_SIZES:
             usable = rows - rows % size
             batched = torch.cat([functional.linear(inputs[start:start + size], weight, layer.bias)
