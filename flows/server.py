@@ -83,8 +83,7 @@ class TemporaryApiServer:
         self.port = free_port()
         self.api_url = f"http://127.0.0.1:{self.port}/api"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
-             "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "error", "--lifespan", "on"],
+            [sys.executable, "-m", "flows.temporary_server", "--host", "127.0.0.1", "--port", str(self.port)],
             env={**os.environ, **self.ENVIRONMENT}, preexec_fn=self._lower_priority_and_follow_parent,
         )
         log.info("starting a temporary Prefect API server on http://127.0.0.1:%d, stopped when this command ends",

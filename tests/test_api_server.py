@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import urllib.request
 
 import psutil
@@ -73,3 +75,49 @@ def test_server_stopped_when_profile_names_api(prefect_home):
         with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:4200/api"}):
             with cli._prefect_api(server):
                 assert server.process.poll() is not None  # stopped before the flow would run
+
+
+def test_concurrent_servers_on_fresh_home(prefect_home):
+    # All three migrate the same new database file. Without the lock, one of two servers started
+    # together exited with status 3 in 1 of 2 tries.
+    servers = [TemporaryApiServer() for _ in range(3)]
+    try:
+        for server in servers:
+            server.wait_until_ready(timeout_s=120)
+    finally:
+        for server in servers:
+            server.stop()
+    assert (prefect_home / "prefect.db").exists()
+    assert (prefect_home / "capkv-migration.lock").exists()
+
+
+def _migrate_in_new_process(timeout_s: float) -> subprocess.CompletedProcess:
+    """Run `migrate_database` in a fresh interpreter, which reads PREFECT_HOME from the environment."""
+    code = f"from flows.temporary_server import migrate_database; migrate_database(timeout_s={timeout_s})"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+
+
+def test_migration_waits_for_the_lock(prefect_home):
+    from flows.temporary_server import MIGRATION_LOCK
+
+    prefect_home.mkdir(parents=True)
+    # Another process holds the lock, as a second command's server would.
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, filelock; lock = filelock.FileLock(sys.argv[1]); lock.acquire(); "
+         "print('held', flush=True); sys.stdin.read()", str(prefect_home / MIGRATION_LOCK)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        blocked = _migrate_in_new_process(timeout_s=1.0)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert blocked.returncode == 1
+    assert "timed out after 1 s waiting for" in blocked.stderr
+    assert MIGRATION_LOCK in blocked.stderr
+    assert not (prefect_home / "prefect.db").exists()
+
+    released = _migrate_in_new_process(timeout_s=1.0)
+    assert released.returncode == 0, released.stderr
+    assert (prefect_home / "prefect.db").exists()

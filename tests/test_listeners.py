@@ -157,8 +157,11 @@ def test_run_listens_on_loopback_only(tmp_path):
     assert watcher.listeners, "no listening socket was seen; the watcher did not work"
     exposed = [(key, label) for key, label in watcher.listeners.items() if not is_loopback(key[2])]
     assert exposed == []
-    assert any("uvicorn" in label for label in watcher.listeners.values()), "the temporary Prefect server was not seen"
-    assert not [pid for pid, label in watcher.tracked.items() if "uvicorn" in label and psutil.pid_exists(pid)]
+    assert any("flows.temporary_server" in label for label in watcher.listeners.values()), (
+        "the temporary Prefect server was not seen"
+    )
+    server_pids = [pid for pid, label in watcher.tracked.items() if "flows.temporary_server" in label]
+    assert not [pid for pid in server_pids if psutil.pid_exists(pid)]
 
     # The temporary server recorded the flow run, one task run per work unit, and the run's log
     # lines before the command stopped it.
