@@ -284,10 +284,10 @@ def _add_attention(state: _LayerState, rotated: torch.Tensor, keys: torch.Tensor
 
 def _gather_layer(layer, state: _LayerState, kept: torch.Tensor) -> None:
     """Keep the `kept` (batch, num_kv_heads, budget) tokens in the layer and in the recorded state."""
-    head_dim = layer.keys.shape[-1]
-    gather_index = kept[..., None].expand(-1, -1, -1, head_dim)
-    layer.keys = layer.keys.gather(2, gather_index)
-    layer.values = layer.values.gather(2, gather_index)
+    from capkv.engine import gather_tokens  # the engine imports the decoding loop
+
+    layer.keys = gather_tokens(layer.keys, kept)
+    layer.values = gather_tokens(layer.values, kept)
     state.positions = state.positions.gather(2, kept)
     if state.attention_sums is not None:
         group = state.attention_sums.shape[1] // kept.shape[1]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -28,6 +28,9 @@ class Prefill:
     last_logits: torch.Tensor  # (batch, vocab), float32, at the last prompt token
     context_length: int
     seconds: float
+    # Each method's scores per layer, computed by the first `compress` that needs them and reused
+    # for the method's other budgets (see EvictionMethod.shared_score).
+    score_memo: dict = field(default_factory=dict, repr=False)
 
 
 @dataclass
@@ -159,7 +162,9 @@ def compress(
 ) -> CompressedCache:
     """Return a new cache keeping `budget` tokens per KV head (or floor(T·(1 − ratio))) per full-attention layer.
 
-    The prefilled cache is left untouched, so one prefill serves many (method, budget) pairs.
+    The prefilled cache is left untouched, so one prefill serves many (method, budget) pairs. A
+    method's scores are computed by its first compression of `prefilled` and reused for its other
+    budgets, so that first call's `seconds` include the scoring and the later ones do not.
     Sliding-window layers keep their own rolling window and are not compressed. Methods with
     per-layer budgets spread the total over depth; ragged methods store heads of different lengths.
     """
@@ -194,17 +199,22 @@ def compress(
     )
 
 
-def layer_inputs(model: nn.Module, layer_idx: int, keys, values, capture: LayerCapture, next_position: int):
-    """Build the scorer inputs of one layer."""
+def layer_inputs(
+    model: nn.Module, layer_idx: int, keys, values, capture: LayerCapture, next_position: int,
+    score_memo: dict | None = None,
+):
+    """Build the scorer inputs of one layer; scores are shared through `score_memo` when one is given."""
+    modules = attention_modules(model)
     return LayerInputs(
         layer_idx=layer_idx,
-        num_layers=len(attention_modules(model)),
+        num_layers=len(modules),
         keys=keys,
         values=values,
         capture=capture,
-        module=attention_modules(model)[layer_idx],
+        module=modules[layer_idx],
         rotary_emb=getattr(decoder_of(model), "rotary_emb", None),
         next_position=next_position,
+        score_memo=score_memo,
     )
 
 
@@ -218,7 +228,9 @@ def _compress_layer(model, prefilled, method, compressed, layer_idx: int, layer_
     capture = prefilled.captures[layer_idx]
     if method.num_sinks_needed is not None:
         capture = capture.excluding(method.num_sinks_needed)
-    inputs = layer_inputs(model, layer_idx, layer.keys, layer.values, capture, prefilled.context_length)
+    inputs = layer_inputs(
+        model, layer_idx, layer.keys, layer.values, capture, prefilled.context_length, prefilled.score_memo
+    )
     if getattr(method, "custom_compression", False):
         return _compress_layer_with_press(model, method, compressed, layer_idx, inputs, layer_budget)
     if method.ragged:
@@ -227,9 +239,8 @@ def _compress_layer(model, prefilled, method, compressed, layer_idx: int, layer_
         return mask_to_indices(keep_mask), keep_mask.sum(dim=-1)
 
     kept = method.select(inputs, layer_budget)  # (batch, num_kv_heads, layer_budget)
-    gather_index = kept[..., None].expand(-1, -1, -1, layer.keys.shape[-1])
-    layer.keys = layer.keys.gather(2, gather_index)
-    layer.values = layer.values.gather(2, gather_index)
+    layer.keys = gather_tokens(layer.keys, kept)
+    layer.values = gather_tokens(layer.values, kept)
     return kept, torch.full((batch, num_kv_heads), kept.shape[-1], device=kept.device)
 
 
@@ -246,10 +257,21 @@ def _compress_layer_with_press(model, method, compressed, layer_idx: int, inputs
     kept = recover_indices(inputs.keys, keys)  # (batch, num_kv_heads, kept), -1 for keys the press changed
     if bool((kept >= 0).all()):
         kept, order = kept.sort(dim=-1)
-        gather_index = order[..., None].expand(-1, -1, -1, keys.shape[-1])
-        keys, values = keys.gather(2, gather_index), values.gather(2, gather_index)
+        keys, values = gather_tokens(keys, order), gather_tokens(values, order)
     layer.keys, layer.values = keys.contiguous(), values.contiguous()
     return kept, torch.full(kept.shape[:2], kept.shape[-1], device=kept.device)
+
+
+def gather_tokens(states: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """Return the rows `kept` (batch, heads, k) of `states` (batch, heads, seq_len, head_dim), in that order.
+
+    Equal to `states.gather(2, kept[..., None].expand(..., head_dim))`, but copies whole rows with
+    `index_select`: 6 to 10 times faster than gather on a 2-core CPU for 2,048 tokens of head size 64.
+    """
+    batch, heads, seq_len, head_dim = states.shape
+    offsets = torch.arange(batch * heads, device=kept.device).view(batch, heads, 1) * seq_len
+    rows = states.reshape(-1, head_dim).index_select(0, (kept + offsets).reshape(-1))
+    return rows.view(batch, heads, kept.shape[-1], head_dim)
 
 
 def indices_to_mask(kept_indices: torch.Tensor, seq_len: int) -> torch.Tensor:
@@ -276,6 +298,7 @@ __all__ = [
     "Prefill",
     "check_prefill",
     "compress",
+    "gather_tokens",
     "generate",
     "indices_to_mask",
     "layer_inputs",

@@ -110,3 +110,17 @@ def test_question_after_compression_uses_true_positions():
     reference = model.generate(torch.cat([context, question], dim=1), max_new_tokens=6, do_sample=False,
                                pad_token_id=0)
     assert ours.token_ids == reference[0, 66:].tolist()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gather_tokens_matches_gather(dtype):
+    from capkv.engine import gather_tokens
+
+    generator = torch.Generator().manual_seed(3)
+    states = torch.randn(3, 4, 50, 16, generator=generator).to(dtype)
+    # Per (batch, head) a different, unsorted set of positions, with the last position repeated.
+    kept = torch.stack([torch.randperm(50, generator=generator)[:12] for _ in range(12)]).view(3, 4, 12)
+    kept[..., -1] = 49
+    expected = states.gather(2, kept[..., None].expand(-1, -1, -1, 16))
+    assert torch.equal(gather_tokens(states, kept), expected)
+    assert torch.equal(gather_tokens(states.transpose(1, 2).contiguous().transpose(1, 2), kept), expected)

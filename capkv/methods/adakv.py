@@ -78,7 +78,7 @@ class AdaKV(EvictionMethod):
         return self.inner.always_kept(seq_len, device)
 
     def score(self, layer: LayerInputs) -> torch.Tensor:
-        return self.inner.score(layer)
+        return self.inner.shared_score(layer)
 
     def select(self, layer: LayerInputs, budget: int) -> torch.Tensor:
         raise MethodError("adakv keeps a different number of tokens per head; use select_mask")

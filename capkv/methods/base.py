@@ -32,6 +32,9 @@ class LayerInputs:
     rotary_emb: nn.Module | None = None
     next_position: int | None = None  # true position of the next token; seq_len right after the prefill
     valid: torch.Tensor | None = None  # (batch, num_kv_heads, seq_len) slots holding a token; None = all
+    # Scores already computed for these inputs, keyed by (method repr, layer). A prefill keeps one
+    # such dict, so all budgets of a method score each layer once. None means no sharing.
+    score_memo: dict | None = None
 
     @property
     def seq_len(self) -> int:
@@ -174,15 +177,31 @@ class EvictionMethod:
         return None
 
     def score(self, layer: LayerInputs) -> torch.Tensor:
-        """Return keep-scores of shape (batch, num_kv_heads, seq_len); higher is kept first."""
+        """Return keep-scores of shape (batch, num_kv_heads, seq_len); higher is kept first.
+
+        The scores may depend on the method's parameters and on `layer`, never on the budget:
+        `shared_score` computes them once per prefilled layer for all budgets.
+        """
         raise NotImplementedError
 
+    def shared_score(self, layer: LayerInputs) -> torch.Tensor:
+        """Return `score(layer)`, computed once per method and layer of a prefill. Callers must not modify it."""
+        memo = layer.score_memo
+        if memo is None:
+            return self.score(layer)
+        # The repr names the class and every parameter (a nested scorer's too), so two methods
+        # share scores only when they would compute the same ones.
+        key = (repr(self), layer.layer_idx)
+        if key not in memo:
+            memo[key] = self.score(layer)
+        return memo[key]
+
     def protected_scores(self, layer: LayerInputs, budget: int) -> torch.Tensor:
-        """Scores in float32 with the always-kept positions raised to +inf."""
-        scores = self.score(layer).float()  # (batch, num_kv_heads, seq_len)
+        """Return a new float32 copy of the scores with the always-kept positions raised to +inf."""
+        scores = self.shared_score(layer).to(torch.float32, copy=True)  # (batch, num_kv_heads, seq_len)
         protected = self.always_kept(layer.seq_len, layer.keys.device)
         if protected is not None:
-            scores = scores.masked_fill(protected, float("inf"))
+            scores.masked_fill_(protected, float("inf"))
         return scores
 
     def select(self, layer: LayerInputs, budget: int) -> torch.Tensor:

@@ -52,6 +52,6 @@ class H2O(EvictionMethod):
             return torch.arange(seq_len, device=device).expand(batch, num_kv_heads, seq_len)
 
         recent = int(budget * self.recent_ratio)
-        scores = self.score(layer).float()
+        scores = self.shared_score(layer).to(torch.float32, copy=True)
         scores[..., seq_len - recent :] = float("inf")
         return scores.topk(budget, dim=-1).indices.sort(dim=-1).values
