@@ -34,18 +34,12 @@ from capkv.batched import batch_dependent_linears, generate_batched, group_by_sh
 from workers.fidelity import copy_cache  # noqa: E402
 from workers.models import load_model, stop_token_ids  # noqa: E402
 
-METHODS = ["streaming_llm", "snapkv", "tova", "knorm", "keydiff", "expected_attention", "capkv", "random", "adakv"]
-
+# Python puts the script's folder, bench/, first on the import path.
+from needle_matrix import add_matrix_arguments  # noqa: E402
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m", help="bundled model name, folder or hub id")
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="model dtype")
-    parser.add_argument("--samples", type=int, default=2, help="needle samples")
-    parser.add_argument("--context-length", type=int, default=2000, help="needle context length in tokens")
-    parser.add_argument("--methods", nargs="+", default=METHODS, help="methods, one cache each per ratio")
-    parser.add_argument("--ratios", type=float, nargs="+", default=[0.5, 0.75, 0.875, 0.9375],
-                        help="compression ratios: the share of context tokens evicted")
+    add_matrix_arguments(parser, methods_help="methods, one cache each per ratio")
     parser.add_argument("--max-new-tokens", type=int, default=24, help="tokens decoded per cache")
     parser.add_argument("--skip-unsplit", action="store_true", help="do not decode with every layer batched")
     args = parser.parse_args()

@@ -28,9 +28,10 @@ from benchmarks.prompt import build_prompt  # noqa: E402
 from capkv import build_method, compress, prefill, prefill_options  # noqa: E402
 from workers.models import load_model  # noqa: E402
 
+# Python puts the script's folder, bench/, first on the import path.
+from needle_matrix import add_matrix_arguments  # noqa: E402
+
 MODES = ("shared", "per ratio")
-DEFAULT_METHODS = ["streaming_llm", "snapkv", "tova", "knorm", "keydiff", "expected_attention", "capkv", "random",
-                   "adakv"]
 
 
 def same_kept(first: list, second: list) -> bool:
@@ -43,13 +44,7 @@ def same_kept(first: list, second: list) -> bool:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m", help="bundled model name, folder or hub id")
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="model dtype")
-    parser.add_argument("--samples", type=int, default=2, help="needle samples")
-    parser.add_argument("--context-length", type=int, default=2000, help="needle context length in tokens")
-    parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, help="methods to compress with")
-    parser.add_argument("--ratios", type=float, nargs="+", default=[0.5, 0.75, 0.875, 0.9375],
-                        help="compression ratios: the share of context tokens evicted")
+    add_matrix_arguments(parser, methods_help="methods to compress with")
     args = parser.parse_args()
     transformers_logging.disable_progress_bar()
 
