@@ -7,11 +7,10 @@ tries to serialise or hash their handles.
 from __future__ import annotations
 
 import os
-import threading
 from dataclasses import dataclass
 
 from workers.actor import create_actor
-from workers.ray_runtime import cluster_gpus, start_ray
+from workers.ray_runtime import cluster_gpus, shut_down_in_background, start_ray
 
 
 @dataclass(frozen=True)
@@ -87,10 +86,8 @@ def stop_all() -> None:
     _ACTORS.clear()
     _stop_early()
     if _SHUT_DOWN_RAY:
-        import ray
-
         _SHUT_DOWN_RAY = False
-        threading.Thread(target=ray.shutdown, name="ray-shutdown").start()
+        shut_down_in_background()
 
 
 def _create(spec: ActorSpec) -> dict[str, list]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
+import threading
 
 log = logging.getLogger(__name__)
 
@@ -62,3 +64,30 @@ def cluster_gpus() -> float:
     import ray
 
     return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def shut_down_in_background() -> threading.Thread:
+    """Start a thread that disconnects from Ray and stops a Ray started here, and return the thread.
+
+    An object reference or actor handle released while `ray.shutdown` tears down the core worker
+    ends the whole process with status 1 ("The core worker has already been shutdown"). Those
+    left in garbage cycles, such as the traceback of a caught RayActorError, would be released by
+    whichever thread next collects garbage. So they are collected here first, and automatic
+    collection pauses until the shutdown is over.
+    """
+    import ray
+
+    gc.collect()
+    collecting = gc.isenabled()
+    gc.disable()
+
+    def shut_down() -> None:
+        try:
+            ray.shutdown()
+        finally:
+            if collecting:
+                gc.enable()
+
+    thread = threading.Thread(target=shut_down, name="ray-shutdown")
+    thread.start()
+    return thread
