@@ -45,3 +45,14 @@ def smollm2():
 
     transformers_logging.disable_progress_bar()
     return load_model("smollm2-135m", dtype="bfloat16", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def smollm2_float32():
+    """The bundled SmolLM2-135M-Instruct in float32, for comparisons that bfloat16 rounding would decide."""
+    from transformers.utils import logging as transformers_logging
+
+    from workers.models import load_model
+
+    transformers_logging.disable_progress_bar()
+    return load_model("smollm2-135m", dtype="float32", device="cpu")
