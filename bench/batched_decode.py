@@ -50,10 +50,10 @@ def main() -> int:
     stops = stop_token_ids(loaded)
     methods = [build_method(name) for name in args.methods]
     probe_started = time.perf_counter()
-    split = batch_dependent_linears(model)
+    split = batch_dependent_linears(model, len(methods))
     print(f"{args.model} in {args.dtype}, {len(methods)} methods x {len(args.ratios)} ratios x {args.samples} needle "
           f"samples at {args.context_length} tokens, {args.max_new_tokens} tokens each; {len(split)} linear layers "
-          f"run row by row in a batch (probe {time.perf_counter() - probe_started:.1f} s); "
+          f"run row by row in a batch of {len(methods)} one-token rows (probe {time.perf_counter() - probe_started:.1f} s); "
           f"load average {os.getloadavg()[0]:.2f}", flush=True)
 
     ways = ["exact"] if args.skip_unsplit else ["exact", "unsplit"]

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from capkv.decoding import Generation, _forward_step, generate
 from capkv.ragged import RaggedLayer, needs_ragged_attention, ragged_attention
@@ -39,40 +40,40 @@ EXACT_DTYPES = frozenset({torch.float32, torch.bfloat16})
 # Dtypes whose batch-dependent linear layers run row by row, and the probe that finds them. In
 # torch 2.13 on an AMD EPYC CPU, oneDNN's bfloat16 product of one row rounded about 1 output in
 # 4,000 differently from the same row in a batch for layers of 1,152 to 2,048 inputs. It rounded
-# none differently for 256 to 1,024 inputs.
+# none differently for 256 to 1,024 inputs. On an Intel Xeon with AMX, one-token rows matched in
+# batches of up to 16, but 8 rows of a 22-token question together (176 rows in one product) gave
+# SmolLM2's 576-input value projection other outputs than each 22-token row alone. So the probe
+# uses the batch's own row count and tokens per row.
 _ROW_BY_ROW_DTYPES = frozenset({torch.bfloat16, torch.float16})
-_PROBE_BATCH_SIZES = (2, 3, 4, 8, 16)
 _PROBE_OUTPUTS = 1 << 18
-_PROBE_MAX_ROWS = 256
+_PROBE_MAX_TRIALS = 64
 _batch_dependence: dict[tuple, bool] = {}
 
 
-def _changes_with_batch(layer: nn.Linear) -> bool:
-    """Return True if a row's output of `layer` differs between a one-row product and some batched product.
+def _changes_with_batch(layer: nn.Linear, rows: int, tokens: int) -> bool:
+    """Return True if some row's output of `layer` differs between `rows` rows of `tokens` tokens in one product and each row alone.
 
-    Random rows go through the layer's own weight once each and then in batches of every size in
-    `_PROBE_BATCH_SIZES`, until about `_PROBE_OUTPUTS` outputs are compared per batch size.
+    Random inputs go through the layer's own weight, in as many trials as it takes to compare about
+    `_PROBE_OUTPUTS` outputs (at most `_PROBE_MAX_TRIALS`).
     """
     weight = layer.weight
-    rows = max(max(_PROBE_BATCH_SIZES), min(_PROBE_MAX_ROWS, math.ceil(_PROBE_OUTPUTS / weight.shape[0])))
+    trials = min(_PROBE_MAX_TRIALS, max(1, math.ceil(_PROBE_OUTPUTS / (rows * tokens * weight.shape[0]))))
     generator = torch.Generator().manual_seed(0)
-    inputs = torch.randn(rows, weight.shape[1], generator=generator).to(weight.device, weight.dtype)
     with torch.no_grad():
-        alone = _linear_row_by_row(layer, inputs)
-        for size in _PROBE_BATCH_SIZES:
-            usable = rows - rows % size
-            batched = torch.cat([functional.linear(inputs[start:start + size], weight, layer.bias)
-                                 for start in range(0, usable, size)])
-            if not torch.equal(batched, alone[:usable]):
+        for _ in range(trials):
+            inputs = torch.randn(rows, tokens, weight.shape[1], generator=generator).to(weight.device, weight.dtype)
+            together = functional.linear(inputs, weight, layer.bias)
+            if not torch.equal(together, _linear_row_by_row(layer, inputs)):
                 return True
     return False
 
 
-def batch_dependent_linears(model: nn.Module) -> list[nn.Linear]:
-    """Return the 16-bit linear layers of `model` whose output for one row changes when other rows share the batch.
+def batch_dependent_linears(model: nn.Module, rows: int, tokens: int = 1) -> list[nn.Linear]:
+    """Return the 16-bit linear layers of `model` whose output for one row changes when `rows` rows of `tokens` tokens share the product.
 
-    The probe runs once per weight shape, dtype, device and torch thread count in a process, since
-    the kernel that torch picks depends on those. Layers in other dtypes are not probed.
+    The probe runs once per weight shape, dtype, device, torch thread count, row count and token
+    count in a process, since the kernel that torch picks depends on those. Layers in other
+    dtypes are not probed.
     """
     found = []
     for module in model.modules():
@@ -80,9 +81,9 @@ def batch_dependent_linears(model: nn.Module) -> list[nn.Linear]:
             continue
         weight = module.weight
         key = (tuple(weight.shape), weight.dtype, str(weight.device), module.bias is not None,
-               torch.get_num_threads())
+               torch.get_num_threads(), rows, tokens)
         if key not in _batch_dependence:
-            _batch_dependence[key] = _changes_with_batch(module)
+            _batch_dependence[key] = _changes_with_batch(module, rows, tokens)
         if _batch_dependence[key]:
             found.append(module)
     return found
@@ -150,8 +151,54 @@ def group_by_shape(items: list, exact_only: bool = True) -> list[list[int]]:
     return ordered
 
 
-def stack_caches(items: list) -> DynamicCache:
-    """Return a new cache whose batch row i is the cache of `items[i]`; the inputs are not changed."""
+class ReservedLayer(DynamicLayer):
+    """A cache layer whose keys and values fill the front of buffers with room for more tokens.
+
+    A `DynamicLayer` concatenates every new token to a copy of the whole layer. Here a new token
+    is written into the free space, and `keys` / `values` become longer views of the buffers. The
+    attention reads the same numbers either way. When the room runs out, or when other code has
+    replaced `keys` or `values`, the layer falls back to concatenation.
+    """
+
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], reserve: int):
+        """Stack `keys` and `values` (each a list of (1, heads, length, head_dim)) along the batch, with `reserve` free slots."""
+        super().__init__()
+        batch, heads, length, head_dim = sum(part.shape[0] for part in keys), *keys[0].shape[1:]
+        self._key_buffer = keys[0].new_empty(batch, heads, length + reserve, head_dim)
+        self._value_buffer = values[0].new_empty(batch, values[0].shape[1], length + reserve, values[0].shape[-1])
+        torch.cat(keys, dim=0, out=self._key_buffer[:, :, :length])
+        torch.cat(values, dim=0, out=self._value_buffer[:, :, :length])
+        self.keys = self._key_buffer[:, :, :length]
+        self.values = self._value_buffer[:, :, :length]
+        self.dtype, self.device = self.keys.dtype, self.keys.device
+        self.is_initialized = True
+
+    def _views_of_buffers(self) -> bool:
+        """Return True if `keys` and `values` are still the leading views of the buffers."""
+        return all(
+            view.data_ptr() == buffer.data_ptr() and view.shape[:2] == buffer.shape[:2]
+            and view.stride() == buffer.stride()
+            for view, buffer in ((self.keys, self._key_buffer), (self.values, self._value_buffer))
+        )
+
+    def update(self, key_states, value_states, cache_kwargs=None) -> tuple[torch.Tensor, torch.Tensor]:
+        start = self.keys.shape[-2]
+        end = start + key_states.shape[-2]
+        if end > self._key_buffer.shape[-2] or not self._views_of_buffers():
+            return super().update(key_states, value_states, cache_kwargs)
+        self._key_buffer[:, :, start:end] = key_states
+        self._value_buffer[:, :, start:end] = value_states
+        self.keys = self._key_buffer[:, :, :end]
+        self.values = self._value_buffer[:, :, :end]
+        return self.keys, self.values
+
+
+def stack_caches(items: list, reserve: int = 0) -> DynamicCache:
+    """Return a new cache whose batch row i is the cache of `items[i]`; the inputs are not changed.
+
+    Plain `DynamicLayer` layers become `ReservedLayer` layers with `reserve` free token slots, so
+    that decoding up to `reserve` tokens appends without copying the layer.
+    """
     caches = [_cache_of(item) for item in items]
     keys = {batch_key(cache) for cache in caches}
     if None in keys or len(keys) != 1:
@@ -162,10 +209,15 @@ def stack_caches(items: list) -> DynamicCache:
     stacked = copy.copy(caches[0])
     stacked.layers = []
     for layer_index, layer in enumerate(caches[0].layers):
+        layer_keys = [cache.layers[layer_index].keys for cache in caches]
+        layer_values = [cache.layers[layer_index].values for cache in caches]
+        if type(layer) is DynamicLayer:
+            stacked.layers.append(ReservedLayer(layer_keys, layer_values, reserve))
+            continue
         # Sliding-window layers are never compressed, so their counters are the same in every cache.
         merged = copy.copy(layer)
-        merged.keys = torch.cat([cache.layers[layer_index].keys for cache in caches], dim=0)
-        merged.values = torch.cat([cache.layers[layer_index].values for cache in caches], dim=0)
+        merged.keys = torch.cat(layer_keys, dim=0)
+        merged.values = torch.cat(layer_values, dim=0)
         stacked.layers.append(merged)
     return stacked
 
@@ -196,7 +248,8 @@ def generate_batched(
     if rows == 0:
         return []
     device = next(model.parameters()).device
-    stacked = stack_caches(caches)
+    suffix_length = suffix_ids.shape[1] if suffix_ids is not None else 0
+    stacked = stack_caches(caches, reserve=suffix_length + max_new_tokens)
     position = next_position
     tokens: list[list[int]] = [[] for _ in range(rows)]
     finished = [False] * rows
@@ -204,11 +257,13 @@ def generate_batched(
     with torch.no_grad(), ExitStack() as stack:
         if needs_ragged_attention(stacked):  # layers of different lengths (PyramidKV) need their own masks
             stack.enter_context(ragged_attention(model, stacked))
-        if exact:
-            stack.enter_context(_rows_apart(batch_dependent_linears(model)))
+        step_split = batch_dependent_linears(model, rows) if exact else []
         if suffix_ids is not None and suffix_ids.shape[1] > 0:
-            logits = _forward_step(model, stacked, suffix_ids.to(device).expand(rows, -1), position)
-            position += suffix_ids.shape[1]
+            # The output head receives only the last token of each row (logits_to_keep=1).
+            suffix_split = batch_dependent_linears(model, rows, suffix_length) if exact else []
+            with _rows_apart(list({id(layer): layer for layer in suffix_split + step_split}.values())):
+                logits = _forward_step(model, stacked, suffix_ids.to(device).expand(rows, -1), position)
+            position += suffix_length
         elif first_logits is not None:
             logits = first_logits.expand(rows, -1) if first_logits.shape[0] == 1 else first_logits
         else:
@@ -224,7 +279,8 @@ def generate_batched(
                 finished[row] = token in stop_token_ids
             if all(finished) or step == max_new_tokens - 1:
                 break
-            logits = _forward_step(model, stacked, next_tokens[:, None].to(device), position)
+            with _rows_apart(step_split):
+                logits = _forward_step(model, stacked, next_tokens[:, None].to(device), position)
             position += 1
 
     share = (time.perf_counter() - started) / rows
@@ -243,15 +299,20 @@ def generate_grouped(
 ) -> list[Generation]:
     """Greedy decoding of every cache, batching those `group_by_shape` groups; return Generations in input order.
 
-    A group of one is decoded by `capkv.generate` on a shallow copy of its cache, so no input is
-    extended in either case.
+    A group of one is decoded by `capkv.generate` on a copy of its cache whose plain layers have
+    room for the new tokens (`ReservedLayer`), so no input is extended in either case.
     """
+    reserve = (suffix_ids.shape[1] if suffix_ids is not None else 0) + max_new_tokens
     generations: list[Generation | None] = [None] * len(caches)
     for group in group_by_shape(caches, exact_only=exact_only):
         if len(group) == 1:
             cache = _cache_of(caches[group[0]])
             duplicate = copy.copy(cache)
-            duplicate.layers = [copy.copy(layer) for layer in cache.layers]
+            duplicate.layers = [
+                ReservedLayer([layer.keys], [layer.values], reserve) if type(layer) is DynamicLayer
+                else copy.copy(layer)
+                for layer in cache.layers
+            ]
             generations[group[0]] = generate(model, duplicate, next_position, max_new_tokens, stop_token_ids,
                                              first_logits=first_logits, suffix_ids=suffix_ids)
             continue
@@ -263,6 +324,6 @@ def generate_grouped(
 
 
 __all__ = [
-    "EXACT_DTYPES", "batch_dependent_linears", "batch_key", "generate_batched", "generate_grouped", "group_by_shape",
+    "EXACT_DTYPES", "ReservedLayer", "batch_dependent_linears", "batch_key", "generate_batched", "generate_grouped", "group_by_shape",
     "stack_caches",
 ]
