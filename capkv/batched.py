@@ -193,6 +193,14 @@ class ReservedLayer(DynamicLayer):
         return self.keys, self.values
 
 
+def _with_room(layer, reserve: int):
+    """Return a `ReservedLayer` copy of a filled plain `DynamicLayer`, or a shallow copy of any other layer."""
+    keys = getattr(layer, "keys", None)
+    if type(layer) is DynamicLayer and keys is not None and keys.dim() == 4:
+        return ReservedLayer([keys], [layer.values], reserve)
+    return copy.copy(layer)
+
+
 def stack_caches(items: list, reserve: int = 0) -> DynamicCache:
     """Return a new cache whose batch row i is the cache of `items[i]`; the inputs are not changed.
 
@@ -308,11 +316,7 @@ def generate_grouped(
         if len(group) == 1:
             cache = _cache_of(caches[group[0]])
             duplicate = copy.copy(cache)
-            duplicate.layers = [
-                ReservedLayer([layer.keys], [layer.values], reserve) if type(layer) is DynamicLayer
-                else copy.copy(layer)
-                for layer in cache.layers
-            ]
+            duplicate.layers = [_with_room(layer, reserve) for layer in cache.layers]
             generations[group[0]] = generate(model, duplicate, next_position, max_new_tokens, stop_token_ids,
                                              first_logits=first_logits, suffix_ids=suffix_ids)
             continue
