@@ -37,6 +37,7 @@ from workers.models import load_model, stop_token_ids  # noqa: E402
 # Python puts the script's folder, bench/, first on the import path.
 from needle_matrix import add_matrix_arguments  # noqa: E402
 
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_matrix_arguments(parser, methods_help="methods, one cache each per ratio")
@@ -49,11 +50,8 @@ def main() -> int:
     model = loaded.model
     stops = stop_token_ids(loaded)
     methods = [build_method(name) for name in args.methods]
-    probe_started = time.perf_counter()
-    split = batch_dependent_linears(model, len(methods))
     print(f"{args.model} in {args.dtype}, {len(methods)} methods x {len(args.ratios)} ratios x {args.samples} needle "
-          f"samples at {args.context_length} tokens, {args.max_new_tokens} tokens each; {len(split)} linear layers "
-          f"run row by row in a batch of {len(methods)} one-token rows (probe {time.perf_counter() - probe_started:.1f} s); "
+          f"samples at {args.context_length} tokens, {args.max_new_tokens} tokens each; "
           f"load average {os.getloadavg()[0]:.2f}", flush=True)
 
     ways = ["exact"] if args.skip_unsplit else ["exact", "unsplit"]
@@ -61,6 +59,8 @@ def main() -> int:
     identical = {way: 0 for way in ways}
     differing: dict[str, list[str]] = {way: [] for way in ways}
     rows = 0
+    # Linear layers that run row by row, per (rows, tokens per row) of a batched forward pass.
+    split_layers: dict[tuple[int, int], int] = {}
     benchmark = build_benchmark("needle", context_length=args.context_length)
     for sample in benchmark.load(loaded.tokenizer, args.samples, seed=0):
         prompt = build_prompt(loaded.tokenizer, sample, chat_template=True, query_aware=False)
@@ -77,6 +77,9 @@ def main() -> int:
                                      stops, suffix_ids=suffix).token_ids for item in members]
                 seconds["alone"] += time.perf_counter() - started
                 rows += len(members)
+                # Probed here, before the timing: the question step, then the one-token steps.
+                for shape in ((len(members), suffix.shape[1]), (len(members), 1)):
+                    split_layers[shape] = len(batch_dependent_linears(model, *shape))
                 for way in ways:
                     started = time.perf_counter()
                     batch = generate_batched(model, members, prefilled.context_length, args.max_new_tokens, stops,
@@ -89,6 +92,8 @@ def main() -> int:
                             differing[way].append(f"{methods[index].name}@{ratio} {sample.sample_id}")
         print(f"sample {sample.sample_id} done; load average {os.getloadavg()[0]:.2f}", flush=True)
 
+    print("linear layers run row by row: " + "; ".join(
+        f"{count} for {batch} rows of {tokens} token(s)" for (batch, tokens), count in sorted(split_layers.items())))
     print(f"one by one: {rows} rows in {seconds['alone']:.1f} s")
     for way in ways:
         label = "batched as the worker runs it" if way == "exact" else "batched, every layer"

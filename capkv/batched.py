@@ -8,8 +8,8 @@ Batching changes the shapes the matrix multiplications run with, so the floating
 reduction order (and the rounding) can differ from decoding each row alone. In float32 most
 outputs of a linear layer differ in their last bits (about 1e-6 relative), which changed no greedy
 token in the tests. In bfloat16 each difference is a whole rounding step (about 0.4%), and greedy
-tokens changed. So in bfloat16 the linear layers whose product for one row changes with the batch
-size (`batch_dependent_linears`) run row by row inside a batch. `tests/test_batched_decode.py`
+tokens changed. So in bfloat16 the linear layers whose product for one row changes with the batch's
+row count and tokens per row (`batch_dependent_linears`) run row by row inside a batch. `tests/test_batched_decode.py`
 checks the token ids against `capkv.generate` for the dtypes and models it covers.
 """
 
@@ -267,9 +267,12 @@ def generate_batched(
             stack.enter_context(ragged_attention(model, stacked))
         step_split = batch_dependent_linears(model, rows) if exact else []
         if suffix_ids is not None and suffix_ids.shape[1] > 0:
-            # The output head receives only the last token of each row (logits_to_keep=1).
             suffix_split = batch_dependent_linears(model, rows, suffix_length) if exact else []
-            with _rows_apart(list({id(layer): layer for layer in suffix_split + step_split}.values())):
+            # The output head receives only the last token of each row (logits_to_keep=1), so the
+            # layers found for one-token rows run row by row in this step too.
+            listed = {id(layer) for layer in suffix_split}
+            suffix_split += [layer for layer in step_split if id(layer) not in listed]
+            with _rows_apart(suffix_split):
                 logits = _forward_step(model, stacked, suffix_ids.to(device).expand(rows, -1), position)
             position += suffix_length
         elif first_logits is not None:

@@ -51,7 +51,7 @@ from workers.ray_runtime import shut_down_in_background, start_ray
 ray = start_ray(num_cpus=1)
 
 @ray.remote(num_cpus=1)
-def one():
+def return_one():
     return 1
 
 class Cycle:
@@ -60,7 +60,7 @@ class Cycle:
 gc.disable()
 for _ in range(200):
     cycle = Cycle()
-    cycle.reference, cycle.itself = one.remote(), cycle
+    cycle.reference, cycle.itself = return_one.remote(), cycle
 ray.get(cycle.reference)
 del cycle
 thread = shut_down_in_background()

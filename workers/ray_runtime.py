@@ -78,14 +78,14 @@ def shut_down_in_background() -> threading.Thread:
     import ray
 
     gc.collect()
-    collecting = gc.isenabled()
+    was_enabled = gc.isenabled()
     gc.disable()
 
     def shut_down() -> None:
         try:
             ray.shutdown()
         finally:
-            if collecting:
+            if was_enabled:
                 gc.enable()
 
     thread = threading.Thread(target=shut_down, name="ray-shutdown")
