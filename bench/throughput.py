@@ -5,7 +5,7 @@ Three ways of running the same pairs are timed, model loads excluded from the fi
 
 - ours: one prefill per sample, a compressed copy of the cache per cell, and the copies decoded
   with `capkv.batched.generate_grouped` (batched only where it gives identical tokens unless
-  `--batch always`);
+  `--batch always`; caches of different shapes share batches unless `--mix-shapes off`);
 - kvpress pipeline: `KVPressTextGenerationPipeline` called once per (press, ratio, sample) with
   the model loaded once. This runs in a subprocess because importing kvpress patches
   transformers' attention functions for the whole process;
@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import build_benchmark  # noqa: E402
 from benchmarks.prompt import build_prompt  # noqa: E402
 from capkv import build_method, compress, prefill, prefill_options  # noqa: E402
-from capkv.batched import generate_grouped, group_by_shape  # noqa: E402
+from capkv.batched import decoding_batches, generate_grouped  # noqa: E402
 from workers.models import load_model, stop_token_ids  # noqa: E402
 
 # Our method name -> kvpress 0.5.5 press class (AdaKV wraps SnapKV in kvpress).
@@ -88,10 +88,11 @@ def run_ours(args) -> dict:
                 labels.append(f"{method.name}@{ratio} {sample.sample_id}")
                 caches.append(compressed)
         exact_only = args.batch == "exact"
+        mix_shapes = args.mix_shapes == "on"
         if args.batch == "never":
             groups = [[i] for i in range(len(caches))]
         else:
-            groups = group_by_shape(caches, exact_only=exact_only)
+            groups = decoding_batches(loaded.model, caches, exact_only=exact_only, mix_shapes=mix_shapes)
         batch_sizes.extend(len(group) for group in groups)
         decode_started = time.perf_counter()
         if args.batch == "never":
@@ -99,7 +100,8 @@ def run_ours(args) -> dict:
                                             stops, prefilled.last_logits, suffix_ids)[0] for cache in caches]
         else:
             generations = generate_grouped(loaded.model, caches, prefilled.context_length, args.max_new_tokens,
-                                           stops, prefilled.last_logits, suffix_ids, exact_only=exact_only)
+                                           stops, prefilled.last_logits, suffix_ids, exact_only=exact_only,
+                                           mix_shapes=mix_shapes)
         timings["decode"] += time.perf_counter() - decode_started
         for label, generation in zip(labels, generations):
             answers[label] = loaded.tokenizer.decode(generation.token_ids, skip_special_tokens=True).strip()
@@ -185,6 +187,9 @@ def main() -> int:
     parser.add_argument("--max-new-tokens", type=int, default=12, help="maximum answer tokens")
     parser.add_argument("--batch", choices=["exact", "always", "never"], default="exact",
                         help="batch decoding: only where tokens stay identical (float32), always, or never")
+    parser.add_argument("--mix-shapes", choices=["on", "off"], default="on",
+                        help="on: caches of different shapes share batches (capkv.batched.decoding_batches); "
+                             "off: only caches of equal shapes do")
     parser.add_argument("--script-runs", choices=["run", "estimate"], default="run",
                         help="evaluation-script style: one process per cell, or the pipeline time plus a load per cell")
     parser.add_argument("--kvpress-worker", action="store_true", help=argparse.SUPPRESS)
@@ -198,7 +203,8 @@ def main() -> int:
         return 0
 
     print(f"{len(args.methods)} methods x {len(args.ratios)} ratios x {args.samples} needle samples at "
-          f"{args.context_length} tokens, {args.dtype}, max {args.max_new_tokens} new tokens, batch={args.batch}; "
+          f"{args.context_length} tokens, {args.dtype}, max {args.max_new_tokens} new tokens, batch={args.batch}, "
+          f"mixed shapes {args.mix_shapes}; "
           f"load average {os.getloadavg()[0]:.2f}", flush=True)
     ours = run_ours(args)
     pairs = ours["pairs"]

@@ -1,8 +1,9 @@
 """Greedy decoding of several compressed caches of one prompt in a single batch.
 
 After one prefill, every (method, budget) pair gets its own compressed copy of the cache. Copies
-whose layers have identical shapes (same budget, no ragged heads) can be stacked along the batch
-dimension and decoded together: one forward pass per step serves every row.
+whose layers have identical shapes (same budget, no ragged heads) are stacked along the batch
+dimension. Copies of other shapes join the same batch as parts of a mixed cache
+(`capkv.mixed`), each part attended over its own keys. One forward pass per step serves every row.
 
 Batching changes the shapes the matrix multiplications run with, so the floating-point
 reduction order (and the rounding) can differ from decoding each row alone. In float32 most
@@ -29,6 +30,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from capkv.decoding import Generation, _forward_step, generate
+from capkv.mixed import MixedLayer, MixedPart, can_mix, mixed_attention
 from capkv.ragged import RaggedLayer, needs_ragged_attention, ragged_attention
 
 
@@ -194,10 +196,13 @@ class ReservedLayer(DynamicLayer):
 
 
 def _with_room(layer, reserve: int):
-    """Return a `ReservedLayer` copy of a filled plain `DynamicLayer`, or a shallow copy of any other layer."""
+    """Return a copy of `layer` with room for `reserve` more tokens: a `ReservedLayer` for a filled plain
+    `DynamicLayer`, `RaggedLayer.with_room` for ragged heads, else a shallow copy."""
     keys = getattr(layer, "keys", None)
     if type(layer) is DynamicLayer and keys is not None and keys.dim() == 4:
         return ReservedLayer([keys], [layer.values], reserve)
+    if isinstance(layer, RaggedLayer):
+        return layer.with_room(reserve)
     return copy.copy(layer)
 
 
@@ -230,6 +235,90 @@ def stack_caches(items: list, reserve: int = 0) -> DynamicCache:
     return stacked
 
 
+def _room_copy(cache, reserve: int):
+    """A copy of `cache` whose plain layers have `reserve` free token slots (`ReservedLayer`); `cache` is not changed."""
+    duplicate = copy.copy(cache)
+    duplicate.layers = [_with_room(layer, reserve) for layer in cache.layers]
+    return duplicate
+
+
+def _cache_dtype(cache) -> torch.dtype:
+    return cache.layers[0].dtype
+
+
+def mix_caches(model: nn.Module, groups: list[list], reserve: int = 0) -> DynamicCache:
+    """Return a cache of `MixedLayer`s whose batch rows are the caches of `groups`, group after group.
+
+    Each group holds caches that `stack_caches` accepts (or a single cache of any shape `can_mix`
+    accepts); it becomes one part of every layer, with `reserve` free token slots. Decode it inside
+    `capkv.mixed.mixed_attention`. The inputs are not changed.
+    """
+    parts = []
+    for group in groups:
+        caches = [_cache_of(item) for item in group]
+        if not all(can_mix(model, cache) for cache in caches):
+            raise ValueError(
+                "cannot mix these caches into one batch: the model must attend with 'sdpa' and every layer needs "
+                "batch size 1 and no sliding window; check them with capkv.mixed.can_mix"
+            )
+        stored = _room_copy(caches[0], reserve) if len(caches) == 1 else stack_caches(caches, reserve)
+        parts.append((len(caches), stored, needs_ragged_attention(caches[0])))
+    dtypes = {_cache_dtype(stored) for _, stored, _ in parts}
+    if len(dtypes) != 1:
+        raise ValueError(f"cannot mix caches of dtypes {sorted(map(str, dtypes))} into one batch")
+    layers = []
+    for layer_index in range(len(parts[0][1].layers)):
+        start, layer_parts = 0, []
+        for rows, stored, ragged in parts:
+            layer_parts.append(MixedPart(start, start + rows, stored.layers[layer_index], ragged))
+            start += rows
+        layers.append(MixedLayer(layer_parts))
+    mixed = copy.copy(parts[0][1])
+    mixed.layers = layers
+    return mixed
+
+
+# Rows of one mixed batch. torch 2.13's bfloat16 product on an Intel Xeon with AMX gave each of up
+# to 32 one-token rows the output it gets alone, and switched to a kernel that rounds differently
+# for 33 or more, so that every linear layer of SmolLM2 would run row by row. Larger mixed batches
+# are split into near-equal ones.
+MAX_MIXED_ROWS = 32
+
+
+def decoding_batches(
+    model: nn.Module, items: list, exact_only: bool = True, mix_shapes: bool = True, max_rows: int = MAX_MIXED_ROWS
+) -> list[list[int]]:
+    """Split positions of `items` into the batches `generate_grouped` decodes.
+
+    Without `mix_shapes` these are `group_by_shape`'s groups. With it, every cache that `can_mix`
+    accepts joins one batch per dtype and device, whatever its shape, cut into near-equal batches
+    of at most `max_rows`; with `exact_only` that holds for dtypes in `EXACT_DTYPES`, and other
+    caches keep their own batches. Caches of equal shapes stay next to each other.
+    """
+    shape_groups = group_by_shape(items, exact_only=exact_only)
+    if not mix_shapes:
+        return shape_groups
+    batches: dict[tuple, list[int]] = {}
+    ordered: list[list[int]] = []
+    for group in shape_groups:
+        cache = _cache_of(items[group[0]])
+        dtype = _cache_dtype(cache)
+        if not can_mix(model, cache) or (exact_only and dtype not in EXACT_DTYPES):
+            ordered.append(group)
+            continue
+        key = (dtype, str(cache.layers[0].device))
+        if key not in batches:
+            batches[key] = []
+            ordered.append(batches[key])
+        batches[key].extend(group)
+    split: list[list[int]] = []
+    for batch in ordered:
+        pieces = math.ceil(len(batch) / max_rows)
+        bounds = [round(len(batch) * piece / pieces) for piece in range(pieces + 1)]
+        split.extend(batch[bounds[piece]:bounds[piece + 1]] for piece in range(pieces))
+    return split
+
+
 def generate_batched(
     model: nn.Module,
     caches: list,
@@ -242,12 +331,13 @@ def generate_batched(
 ) -> list[Generation]:
     """Greedy decoding of several caches of the same prompt in one batch; return one Generation per cache.
 
-    `caches` contains CompressedCache objects or transformers caches, all with the shapes
-    `group_by_shape` puts in one group. They are stacked into a new cache, so the inputs are not
-    extended. `suffix_ids` (1, n) are fed to every row first; otherwise `first_logits`, (1, vocab)
-    from the shared prefill or (rows, vocab), give the first token. Each row stops at its own stop
-    token or after `max_new_tokens`. Rows that stopped are still fed their last token until every
-    row has stopped, and their later outputs are dropped. With `exact`, the linear layers that
+    `caches` contains CompressedCache objects or transformers caches. Caches of equal shapes (one
+    `group_by_shape` group) are stacked into a new cache; caches of different shapes become parts
+    of a mixed batch (`mix_caches`), attended part by part. The inputs are not extended.
+    `suffix_ids` (1, n) are fed to every row first; otherwise `first_logits`, (1, vocab) from the
+    shared prefill or (rows, vocab), give the first token. Each row stops at its own stop token or
+    after `max_new_tokens`. Rows that stopped are still fed their last token until every row has
+    stopped, and their later outputs are dropped. With `exact`, the linear layers that
     `batch_dependent_linears` finds run row by row. `Generation.seconds` is the batch's wall time
     divided by the number of rows.
     """
@@ -257,13 +347,24 @@ def generate_batched(
         return []
     device = next(model.parameters()).device
     suffix_length = suffix_ids.shape[1] if suffix_ids is not None else 0
-    stacked = stack_caches(caches, reserve=suffix_length + max_new_tokens)
+    reserve = suffix_length + max_new_tokens
+    parts = group_by_shape(caches, exact_only=False)
+    order = [position for part in parts for position in part]  # batch row -> input position
+    mixed = len(parts) > 1 or batch_key(caches[0]) is None
+    if mixed:
+        stacked = mix_caches(model, [[caches[position] for position in part] for part in parts], reserve)
+    else:
+        stacked = stack_caches(caches, reserve=reserve)
+    if first_logits is not None and first_logits.shape[0] == rows:
+        first_logits = first_logits[order]
     position = next_position
     tokens: list[list[int]] = [[] for _ in range(rows)]
     finished = [False] * rows
 
     with torch.no_grad(), ExitStack() as stack:
-        if needs_ragged_attention(stacked):  # layers of different lengths (PyramidKV) need their own masks
+        if mixed:
+            stack.enter_context(mixed_attention(model, stacked))
+        elif needs_ragged_attention(stacked):  # layers of different lengths (PyramidKV) need their own masks
             stack.enter_context(ragged_attention(model, stacked))
         step_split = batch_dependent_linears(model, rows) if exact else []
         if suffix_ids is not None and suffix_ids.shape[1] > 0:
@@ -295,7 +396,10 @@ def generate_batched(
             position += 1
 
     share = (time.perf_counter() - started) / rows
-    return [Generation(token_ids=row_tokens, seconds=share) for row_tokens in tokens]
+    generations: list[Generation | None] = [None] * rows
+    for row, input_position in enumerate(order):
+        generations[input_position] = Generation(token_ids=tokens[row], seconds=share)
+    return generations
 
 
 def generate_grouped(
@@ -307,19 +411,18 @@ def generate_grouped(
     first_logits: torch.Tensor | None = None,
     suffix_ids: torch.Tensor | None = None,
     exact_only: bool = True,
+    mix_shapes: bool = True,
 ) -> list[Generation]:
-    """Greedy decoding of every cache, batching those `group_by_shape` groups; return Generations in input order.
+    """Greedy decoding of every cache in the batches of `decoding_batches`; return Generations in input order.
 
-    A group of one is decoded by `capkv.generate` on a copy of its cache whose plain layers have
+    A batch of one is decoded by `capkv.generate` on a copy of its cache whose plain layers have
     room for the new tokens (`ReservedLayer`), so no input is extended in either case.
     """
     reserve = (suffix_ids.shape[1] if suffix_ids is not None else 0) + max_new_tokens
     generations: list[Generation | None] = [None] * len(caches)
-    for group in group_by_shape(caches, exact_only=exact_only):
+    for group in decoding_batches(model, caches, exact_only=exact_only, mix_shapes=mix_shapes):
         if len(group) == 1:
-            cache = _cache_of(caches[group[0]])
-            duplicate = copy.copy(cache)
-            duplicate.layers = [_with_room(layer, reserve) for layer in cache.layers]
+            duplicate = _room_copy(_cache_of(caches[group[0]]), reserve)
             generations[group[0]] = generate(model, duplicate, next_position, max_new_tokens, stop_token_ids,
                                              first_logits=first_logits, suffix_ids=suffix_ids)
             continue
@@ -331,6 +434,6 @@ def generate_grouped(
 
 
 __all__ = [
-    "EXACT_DTYPES", "ReservedLayer", "batch_dependent_linears", "batch_key", "generate_batched", "generate_grouped", "group_by_shape",
-    "stack_caches",
+    "EXACT_DTYPES", "ReservedLayer", "batch_dependent_linears", "batch_key", "decoding_batches", "generate_batched",
+    "generate_grouped", "group_by_shape", "mix_caches", "stack_caches",
 ]

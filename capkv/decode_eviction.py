@@ -218,7 +218,7 @@ class DecodeEviction:
         layer = cache.layers[layer_idx]
         if isinstance(layer, RaggedLayer):
             keys, values = layer.padded()
-            valid, tail = layer.key_mask(), layer.tail_keys.shape[2]
+            valid, tail = layer.key_mask(), layer.new_tokens
         else:
             keys, values, valid, tail = layer.keys, layer.values, None, layer.keys.shape[2]
         # NOTE: the observation window ends at the tail, the only slots that are the last tokens of

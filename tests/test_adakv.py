@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
+from torch import nn
 
 from capkv import build_method, cache_bytes, compress, generate, prefill, prefill_options
 from capkv.capture import LayerCapture
 from capkv.methods.base import LayerInputs
-from capkv.ragged import RaggedLayer
+from capkv.ragged import RaggedLayer, attend_ragged
 from tests.conftest import tiny_llama
 from tests.test_methods_positions import keep_masks, masked_reference_logits, prompt_ids
 
@@ -74,14 +76,43 @@ def test_ragged_padded_view_holds_kept_rows():
     mask[0, 1, [0, 9]] = True
     layer = RaggedLayer(keys, values, mask)
 
-    padded_keys, padded_values = layer.update(torch.ones(1, 2, 1, 4), torch.ones(1, 2, 1, 4))
+    layer.update(torch.ones(1, 2, 1, 4), torch.ones(1, 2, 1, 4))
+    padded_keys, padded_values = layer.padded()
 
     assert padded_keys.shape == (1, 2, 4, 4)  # the maximum head length is 3, plus one new token
     assert torch.equal(padded_keys[0, 0, :3], keys[0, 0, [1, 4, 7]])
     assert torch.equal(padded_values[0, 1, :2], values[0, 1, [0, 9]])
     assert torch.equal(padded_keys[0, 1, 2], torch.zeros(4))  # padding slot
+    assert torch.equal(padded_keys[0, :, 3], torch.ones(2, 4))  # the new token of each head
     assert layer.key_mask()[0].tolist() == [[True, True, True, True], [True, True, False, True]]
     assert layer.kept_tokens().tolist() == [[4, 3]]
+
+
+def test_ragged_heads_are_contiguous_slices_and_room_is_filled_in_place():
+    keys = torch.arange(1 * 2 * 6 * 2, dtype=torch.float32).view(1, 2, 6, 2)
+    mask = torch.zeros(1, 2, 6, dtype=torch.bool)
+    mask[0, 0, [0, 5]] = True
+    mask[0, 1, [1, 2, 3]] = True
+    layer = RaggedLayer(keys, -keys, mask)
+    assert layer.flat_keys.shape == (5, 2)  # no free slots after compression
+
+    roomy = layer.with_room(2)
+    assert roomy.flat_keys.shape == (9, 2)  # 2 + 2 and 3 + 2 slots
+    assert roomy.starts == [0, 4]
+    storage = roomy.flat_keys.data_ptr()
+    new = torch.full((1, 2, 1, 2), 100.0)
+    for step in range(2):
+        roomy.update(new + step, -(new + step))
+    assert roomy.flat_keys.data_ptr() == storage  # written into the free slots
+    head_keys, head_values = roomy.head_keys_values(1)
+    assert head_keys.tolist() == [[14, 15], [16, 17], [18, 19], [100, 100], [101, 101]]
+    assert torch.equal(head_values, -head_keys)
+    assert roomy.head_keys_values(0)[0].tolist() == [[0, 1], [10, 11], [100, 100], [101, 101]]
+
+    roomy.update(new + 2, new)  # no room left: copied into exactly enough slots
+    assert roomy.flat_keys.shape == (2 + 3 + 2 * 3, 2)
+    assert roomy.head_keys_values(0)[0][-1].tolist() == [102, 102]
+    assert layer.new_tokens == 0 and layer.flat_keys.shape == (5, 2)  # the original is not changed
 
 
 def test_ragged_decode_matches_masked_reference():
@@ -99,3 +130,31 @@ def test_ragged_decode_matches_masked_reference():
         assert (ours.step_logits[step] - reference[step - 1]).abs().max() < 1e-4
     appended = 11 * 2 * 3 * 16 * 4 * 2  # 11 fed tokens, 2 layers, 3 heads, head_dim 16, fp32, keys and values
     assert cache_bytes(compressed.cache) == bytes_before + appended
+
+
+@pytest.mark.parametrize("softcap", [None, 0.5])
+def test_ragged_attention_matches_per_head_softmax(softcap):
+    """Two new tokens over heads of 3 and 1 kept tokens: each query attends to its head's tokens and to the new ones up to itself."""
+    generator = torch.Generator().manual_seed(2)
+    keys, values = torch.randn(1, 2, 5, 4, generator=generator), torch.randn(1, 2, 5, 4, generator=generator)
+    mask = torch.zeros(1, 2, 5, dtype=torch.bool)
+    mask[0, 0, [0, 2, 4]] = True
+    mask[0, 1, [3]] = True
+    layer = RaggedLayer(keys, values, mask).with_room(2)
+    new_keys, new_values = torch.randn(1, 2, 2, 4, generator=generator), torch.randn(1, 2, 2, 4, generator=generator)
+    layer.update(new_keys, new_values)
+    query = torch.randn(1, 4, 2, 4, generator=generator)  # 4 query heads, 2 per KV head, 2 new tokens
+
+    output, _ = attend_ragged(nn.Module(), query, new_keys, new_values, layer, scaling=0.5, softcap=softcap)
+
+    for head in range(4):
+        kv_head = head // 2
+        kept = mask[0, kv_head].nonzero().flatten()
+        for token in range(2):
+            head_keys = torch.cat([keys[0, kv_head, kept], new_keys[0, kv_head, :token + 1]]).double()
+            head_values = torch.cat([values[0, kv_head, kept], new_values[0, kv_head, :token + 1]]).double()
+            logits = head_keys @ query[0, head, token].double() * 0.5
+            if softcap:
+                logits = torch.tanh(logits / softcap) * softcap
+            expected = logits.softmax(dim=0) @ head_values
+            assert torch.allclose(output[0, token, head].double(), expected, atol=1e-6), (head, token)

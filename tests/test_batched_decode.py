@@ -7,8 +7,18 @@ import torch
 
 from benchmarks import build_benchmark
 from benchmarks.prompt import build_prompt
-from capkv import build_method, compress, generate, prefill, prefill_options
-from capkv.batched import ReservedLayer, batch_dependent_linears, batch_key, generate_batched, generate_grouped, group_by_shape, stack_caches
+from capkv import build_method, cache_bytes, compress, generate, prefill, prefill_options
+from capkv.batched import (
+    ReservedLayer,
+    batch_dependent_linears,
+    batch_key,
+    decoding_batches,
+    generate_batched,
+    generate_grouped,
+    group_by_shape,
+    mix_caches,
+    stack_caches,
+)
 from tests.conftest import tiny_llama
 from workers.fidelity import copy_cache
 from workers.models import stop_token_ids
@@ -179,16 +189,21 @@ def test_linears_left_batched_are_batch_invariant(smollm2, rows, tokens):
     assert checked + len(dependent) == 211
 
 
+def _needle_caches(loaded, names: list[str], ratios: list[float], seed: int):
+    """Prefill one 2k-token needle prompt; return the prefill, its caches per (ratio, method) and the question ids."""
+    sample = build_benchmark("needle", context_length=2000).load(loaded.tokenizer, 1, seed=seed)[0]
+    prompt = build_prompt(loaded.tokenizer, sample, chat_template=True, query_aware=False)
+    methods = [build_method(name) for name in names]
+    prefilled = prefill(loaded.model, torch.tensor([prompt.context_ids]), **prefill_options(methods))
+    compressed = [compress(loaded.model, prefilled, method, ratio=ratio) for ratio in ratios for method in methods]
+    return prefilled, compressed, torch.tensor([prompt.suffix_ids])
+
+
 def test_batched_matches_single_on_smollm2_bfloat16(smollm2):
     """A 2k-token needle prompt at ratio 0.9375 where batching every linear layer changed tova's and capkv's tokens."""
     loaded = smollm2
-    sample = build_benchmark("needle", context_length=2000).load(loaded.tokenizer, 1, seed=0)[0]
-    prompt = build_prompt(loaded.tokenizer, sample, chat_template=True, query_aware=False)
     names = ["tova", "capkv", "snapkv", "knorm", "keydiff", "streaming_llm"]
-    methods = [build_method(name) for name in names]
-    prefilled = prefill(loaded.model, torch.tensor([prompt.context_ids]), **prefill_options(methods))
-    compressed = [compress(loaded.model, prefilled, method, ratio=0.9375) for method in methods]
-    suffix = torch.tensor([prompt.suffix_ids])
+    prefilled, compressed, suffix = _needle_caches(loaded, names, ratios=[0.9375], seed=0)
     stops = stop_token_ids(loaded)
 
     expected = _decode_one_by_one(loaded.model, prefilled, compressed, 24, stops, suffix_ids=suffix)
@@ -251,11 +266,10 @@ def test_worker_batches_a_samples_cells_with_identical_rows(smollm2_float32):
         assert (row["prediction"], row["tokens_generated"], row["score"]) == (
             alone["prediction"], alone["tokens_generated"], alone["score"]
         ), method
-    # The four equal-shaped budget-64 caches shared one batch, whose time is split evenly among
-    # them; the full cache and adakv's ragged heads decoded alone.
-    shared_times = {results[True][method]["decode_s"] for method in ("snapkv", "capkv", "streaming_llm", "knorm")}
-    assert len(shared_times) == 1
-    assert results[True]["adakv"]["decode_s"] not in shared_times
+    # The full cache, the four equal-shaped budget-64 caches and adakv's ragged heads shared one
+    # mixed batch, whose time is split evenly among them; alone, each row has its own time.
+    assert len({row["decode_s"] for row in results[True].values()}) == 1
+    assert len({row["decode_s"] for row in results[False].values()}) == 6
 
 
 def test_reserved_layer_appends_in_place():
@@ -281,3 +295,78 @@ def test_reserved_layer_appends_in_place():
     assert returned_keys.shape == (2, 2, 6, 4)
     assert returned_keys.data_ptr() != buffer_start
     assert torch.equal(returned_keys[:, :, 5:], last)
+
+
+# Ragged heads (adakv) and layers of different lengths (pyramidkv) among caches of equal shapes.
+MIXED_METHODS = [("snapkv", {}), ("adakv", {}), ("capkv", {}), ("pyramidkv", {"window_size": 8, "beta": 2.0}),
+                 ("tova", {}), ("streaming_llm", {})]
+
+
+def _compress_mixed(model, input_ids, budgets):
+    methods = [build_method(name, **params) for name, params in MIXED_METHODS]
+    prefilled = prefill(model, input_ids, **prefill_options(methods))
+    return prefilled, [compress(model, prefilled, method, budget) for budget in budgets for method in methods]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("with_suffix", [False, True], ids=["first-logits", "suffix"])
+def test_mixed_batch_matches_single_tiny(dtype, with_suffix):
+    model = tiny_llama(4, 2, layers=4).to(dtype)
+    prefilled, compressed = _compress_mixed(model, _prompt(200), budgets=[40, 64, 100])
+    suffix = _prompt(6, seed=7) if with_suffix else None
+
+    expected = _decode_one_by_one(model, prefilled, compressed, 10, set(), suffix_ids=suffix)
+    grouped = generate_grouped(model, compressed, prefilled.context_length, 10, set(),
+                               first_logits=prefilled.last_logits, suffix_ids=suffix)
+
+    # Equal shapes next to each other; ragged heads and the pyramid of each budget alone in their parts.
+    assert decoding_batches(model, compressed) == [[0, 2, 4, 5, 1, 3, 6, 8, 10, 11, 7, 9, 12, 14, 16, 17, 13, 15]]
+    assert [g.token_ids for g in grouped] == expected
+    assert len({tuple(tokens) for tokens in expected}) > 3  # the rows really differ
+    assert len({g.seconds for g in grouped}) == 1  # one batch
+
+
+def test_mixed_batch_does_not_extend_inputs():
+    model = tiny_llama()
+    prefilled, compressed = _compress_mixed(model, _prompt(120), budgets=[40, 64])
+    before = [(cache_bytes(item.cache), [layer.get_seq_length() for layer in item.cache.layers]) for item in compressed]
+
+    generate_batched(model, compressed, prefilled.context_length, 6, set(), first_logits=prefilled.last_logits)
+
+    after = [(cache_bytes(item.cache), [layer.get_seq_length() for layer in item.cache.layers]) for item in compressed]
+    assert after == before
+
+
+def test_decoding_batches_split_at_max_rows_and_keep_shapes_together():
+    model = tiny_llama()
+    prefilled, compressed = _compress_all(model, _prompt(120), ["snapkv", "capkv"], budget=40)
+    wider = [compress(model, prefilled, build_method(name), 64) for name in ("snapkv", "capkv", "knorm")]
+    items = [compressed[0], wider[0], compressed[1], wider[1], wider[2]]
+
+    assert decoding_batches(model, items) == [[0, 2, 1, 3, 4]]
+    assert decoding_batches(model, items, max_rows=2) == [[0, 2], [1], [3, 4]]
+    assert decoding_batches(model, items, mix_shapes=False) == group_by_shape(items) == [[0, 2], [1, 3, 4]]
+
+
+def test_models_without_sdpa_keep_shape_groups():
+    model = tiny_llama()
+    prefilled, compressed = _compress_mixed(model, _prompt(120), budgets=[40])
+    model.set_attn_implementation("eager")
+
+    assert decoding_batches(model, compressed) == group_by_shape(compressed) == [[0, 2, 4, 5], [1], [3]]
+    with pytest.raises(ValueError, match="sdpa"):
+        mix_caches(model, [[item] for item in compressed])
+
+
+def test_mixed_batch_matches_single_on_smollm2_bfloat16(smollm2):
+    """Ada-KV's ragged heads and 5 other methods at two ratios of a 2k-token needle prompt, in one batch."""
+    loaded = smollm2
+    names = ["adakv", "tova", "capkv", "snapkv", "streaming_llm", "keydiff"]
+    prefilled, compressed, suffix = _needle_caches(loaded, names, ratios=[0.75, 0.9375], seed=1)
+    stops = stop_token_ids(loaded)
+
+    expected = _decode_one_by_one(loaded.model, prefilled, compressed, 16, stops, suffix_ids=suffix)
+    grouped = generate_grouped(loaded.model, compressed, prefilled.context_length, 16, stops, suffix_ids=suffix)
+
+    assert len(decoding_batches(loaded.model, compressed)) == 1
+    assert [g.token_ids for g in grouped] == expected

@@ -214,8 +214,8 @@ def decode_batched(
     loaded: LoadedModel, benchmark: Benchmark, sample: Sample, shared: SharedPrefill,
     items: list[CompressedCell], max_new_tokens: int,
 ) -> list[dict]:
-    """Decode prefill-phase cells greedily, batching caches of equal shapes where that gives
-    the same tokens as decoding them one by one (`capkv.batched.group_by_shape`)."""
+    """Decode prefill-phase cells greedily in the batches of `capkv.batched.decoding_batches`,
+    which give the same tokens as decoding them one by one."""
     generations = generate_grouped(
         loaded.model, [item.compressed for item in items], shared.prefilled.context_length, max_new_tokens,
         stop_token_ids(loaded), first_logits=shared.prefilled.last_logits, suffix_ids=shared.suffix_ids,
