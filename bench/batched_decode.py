@@ -40,6 +40,9 @@ from workers.models import load_model, stop_token_ids  # noqa: E402
 from needle_matrix import add_matrix_arguments  # noqa: E402
 
 
+PROBED_ROW_COUNTS = (2, 3, 5, 8, 13, 18, 24, 31, 32, 33, 40, 64)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_matrix_arguments(parser, methods_help="methods, one cache each per ratio")
@@ -102,6 +105,10 @@ def main() -> int:
                         differing[way].append(labels[index])
         print(f"sample {sample.sample_id} done; load average {os.getloadavg()[0]:.2f}", flush=True)
 
+    # Why MAX_MIXED_ROWS: one-token rows, as in every decoding step, at row counts on both sides of it.
+    one_token = {rows: len(batch_dependent_linears(model, rows)) for rows in PROBED_ROW_COUNTS}
+    print("linear layers whose product of one-token rows changes with the batch: " + ", ".join(
+        f"{count} at {rows} rows" for rows, count in one_token.items()))
     print("linear layers run row by row: " + "; ".join(
         f"{count} for {batch} rows of {tokens} token(s)" for (batch, tokens), count in sorted(split_layers.items())))
     print(f"batches of {', '.join(map(str, batch_sizes))} rows")
