@@ -236,7 +236,7 @@ def stack_caches(items: list, reserve: int = 0) -> DynamicCache:
 
 
 def _room_copy(cache, reserve: int):
-    """A copy of `cache` whose plain layers have `reserve` free token slots (`ReservedLayer`); `cache` is not changed."""
+    """A copy of `cache` whose layers have room for `reserve` more tokens (`_with_room`); `cache` is not changed."""
     duplicate = copy.copy(cache)
     duplicate.layers = [_with_room(layer, reserve) for layer in cache.layers]
     return duplicate

@@ -52,13 +52,18 @@ class RaggedLayer(CacheLayerMixin):
         self.flat_values = values[keep_mask].contiguous()
         self.new_tokens = 0
         self._lengths = self.head_lengths.flatten().tolist()
-        self._set_capacity(list(self._lengths))
+        self._capacity = list(self._lengths)  # slots of each head, its tokens included
+        self.starts = [0, *itertools.accumulate(self._capacity)][:-1]
         self.dtype, self.device = keys.dtype, keys.device
         self.is_initialized = True
 
-    def _set_capacity(self, capacity: list[int]) -> None:
-        self._capacity = capacity
-        self.starts = [0, *itertools.accumulate(capacity)][:-1]
+    def __copy__(self) -> RaggedLayer:
+        """Return a copy that reads this layer's storage and copies it at its first append, so that
+        neither layer writes into slots the other uses."""
+        duplicate = object.__new__(type(self))
+        duplicate.__dict__.update(self.__dict__)
+        duplicate._capacity = [length + self.new_tokens for length in self._lengths]
+        return duplicate
 
     def _relayout(self, room: int) -> None:
         """Copy the stored tokens into new storage with `room` free slots after every head."""
@@ -72,7 +77,8 @@ class RaggedLayer(CacheLayerMixin):
             flat_values[destination:destination + count] = self.flat_values[start:start + count]
             destination += slots
         self.flat_keys, self.flat_values = flat_keys, flat_values
-        self._set_capacity(capacity)
+        self._capacity = capacity
+        self.starts = [0, *itertools.accumulate(capacity)][:-1]
 
     def with_room(self, room: int) -> RaggedLayer:
         """Return a copy with `room` free slots after every head; this layer is not changed."""

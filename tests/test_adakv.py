@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -88,7 +90,7 @@ def test_ragged_padded_view_holds_kept_rows():
     assert layer.kept_tokens().tolist() == [[4, 3]]
 
 
-def test_ragged_heads_are_contiguous_slices_and_room_is_filled_in_place():
+def test_ragged_room_filled_in_place():
     keys = torch.arange(1 * 2 * 6 * 2, dtype=torch.float32).view(1, 2, 6, 2)
     mask = torch.zeros(1, 2, 6, dtype=torch.bool)
     mask[0, 0, [0, 5]] = True
@@ -112,7 +114,8 @@ def test_ragged_heads_are_contiguous_slices_and_room_is_filled_in_place():
     roomy.update(new + 2, new)  # no room left: copied into exactly enough slots
     assert roomy.flat_keys.shape == (2 + 3 + 2 * 3, 2)
     assert roomy.head_keys_values(0)[0][-1].tolist() == [102, 102]
-    assert layer.new_tokens == 0 and layer.flat_keys.shape == (5, 2)  # the original is not changed
+    assert layer.new_tokens == 0  # the original is not changed
+    assert layer.flat_keys.shape == (5, 2)
 
 
 def test_ragged_decode_matches_masked_reference():
@@ -158,3 +161,20 @@ def test_ragged_attention_matches_per_head_softmax(softcap):
                 logits = torch.tanh(logits / softcap) * softcap
             expected = logits.softmax(dim=0) @ head_values
             assert torch.allclose(output[0, token, head].double(), expected, atol=1e-6), (head, token)
+
+
+def test_ragged_copies_never_write_into_shared_slots():
+    keys = torch.arange(1 * 2 * 4 * 2, dtype=torch.float32).view(1, 2, 4, 2)
+    mask = torch.ones(1, 2, 4, dtype=torch.bool)
+    mask[0, 1, 0] = False
+    roomy = RaggedLayer(keys, keys, mask).with_room(3)
+    roomy.update(torch.zeros(1, 2, 1, 2), torch.zeros(1, 2, 1, 2))
+
+    copied = copy.copy(roomy)
+    copied.update(torch.full((1, 2, 1, 2), 7.0), torch.full((1, 2, 1, 2), 7.0))
+    roomy.update(torch.full((1, 2, 1, 2), 9.0), torch.full((1, 2, 1, 2), 9.0))
+
+    assert copied.flat_keys.data_ptr() != roomy.flat_keys.data_ptr()  # the copy moved to storage of its own
+    assert copied.head_keys_values(1)[0][-2:].tolist() == [[0, 0], [7, 7]]
+    assert roomy.head_keys_values(1)[0][-2:].tolist() == [[0, 0], [9, 9]]
+    assert roomy.head_keys_values(0)[0].shape == (4 + 2, 2)
