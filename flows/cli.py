@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import sys
 
 # Prefect reads its settings at import time: no analytics, and time for the first start of a
@@ -57,8 +58,14 @@ def _command_run(args) -> int:
     print(f"results:   {summary['store']}")
     if summary["dashboard"]:
         print(f"dashboard: {summary['dashboard']}")
-    print(f'query:     capkv-eval sql --store {summary["store"]} "SELECT * FROM samples LIMIT 5"')
+    print(f'query:     {_own_command()} sql --store {shlex.quote(summary["store"])} "SELECT * FROM samples LIMIT 5"')
     return 0 if summary["status"] == "completed" else 1
+
+
+def _own_command() -> str:
+    """Return the path this command was called by (`.venv/bin/capkv-eval` under make), so a printed hint runs as shown."""
+    called = sys.argv[0]
+    return shlex.quote(called) if os.path.basename(called) == "capkv-eval" else "capkv-eval"
 
 
 @contextlib.contextmanager

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -89,10 +90,23 @@ def test_full_cache_scores_on_needle(finished_run):
 def test_cli_prints_locations_and_dashboard(finished_run):
     store, result = finished_run
     assert f"results:   {store}" in result.stdout
+    assert f'query:     capkv-eval sql --store {shlex.quote(str(store))} "SELECT * FROM samples LIMIT 5"' in result.stdout
     dashboard = Path(result.stdout.split("dashboard: ")[1].split()[0])
     html = dashboard.read_text()
     assert "plotly" in html.lower()
     assert '<script src="http' not in html
+
+
+@pytest.mark.parametrize(("called", "printed"), [
+    (".venv/bin/capkv-eval", ".venv/bin/capkv-eval"),
+    ("/opt/my tools/bin/capkv-eval", "'/opt/my tools/bin/capkv-eval'"),
+    ("/work/flows/cli.py", "capkv-eval"),  # python -m flows.cli
+])
+def test_query_hint_names_called_command(monkeypatch, called, printed):
+    from flows.cli import _own_command
+
+    monkeypatch.setattr(sys, "argv", [called, "run"])
+    assert _own_command() == printed
 
 
 def test_sql_command_prints_table(finished_run):
