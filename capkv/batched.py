@@ -236,7 +236,7 @@ def stack_caches(items: list, reserve: int = 0) -> DynamicCache:
 
 
 def _room_copy(cache, reserve: int):
-    """A copy of `cache` whose layers have room for `reserve` more tokens (`_with_room`); `cache` is not changed."""
+    """Return a copy of `cache` whose layers have room for `reserve` more tokens (`_with_room`); `cache` is not changed."""
     duplicate = copy.copy(cache)
     duplicate.layers = [_with_room(layer, reserve) for layer in cache.layers]
     return duplicate
@@ -249,9 +249,9 @@ def _cache_dtype(cache) -> torch.dtype:
 def mix_caches(model: nn.Module, groups: list[list], reserve: int = 0) -> DynamicCache:
     """Return a cache of `MixedLayer`s whose batch rows are the caches of `groups`, group after group.
 
-    Each group holds caches that `stack_caches` accepts (or a single cache of any shape `can_mix`
-    accepts); it becomes one part of every layer, with `reserve` free token slots. Decode it inside
-    `capkv.mixed.mixed_attention`. The inputs are not changed.
+    Each group contains caches that `stack_caches` accepts, or a single cache of any shape that
+    `can_mix` accepts. A group becomes one part of every layer, with `reserve` free token slots.
+    Decode the result inside `capkv.mixed.mixed_attention`. The inputs are not changed.
     """
     parts = []
     for group in groups:
@@ -265,7 +265,10 @@ def mix_caches(model: nn.Module, groups: list[list], reserve: int = 0) -> Dynami
         parts.append((len(caches), stored, needs_ragged_attention(caches[0])))
     dtypes = {_cache_dtype(stored) for _, stored, _ in parts}
     if len(dtypes) != 1:
-        raise ValueError(f"cannot mix caches of dtypes {sorted(map(str, dtypes))} into one batch")
+        raise ValueError(
+            f"cannot mix caches of dtypes {sorted(map(str, dtypes))} into one batch; "
+            "capkv.batched.decoding_batches puts each dtype in batches of its own"
+        )
     layers = []
     for layer_index in range(len(parts[0][1].layers)):
         start, layer_parts = 0, []
@@ -278,10 +281,11 @@ def mix_caches(model: nn.Module, groups: list[list], reserve: int = 0) -> Dynami
     return mixed
 
 
-# Rows of one mixed batch. torch 2.13's bfloat16 product on an Intel Xeon with AMX gave each of up
-# to 32 one-token rows the output it gets alone, and switched to a kernel that rounds differently
-# for 33 or more, so that every linear layer of SmolLM2 would run row by row. Larger mixed batches
-# are split into near-equal ones.
+# Rows of one mixed batch; larger mixed batches are split into near-equal ones. On an Intel Xeon
+# with AMX (torch 2.13), bfloat16 products of 2 to 32 one-token rows gave each row the output it
+# gets alone (12 row counts, bench/batched_decode.py). At 33, 40 and 64 rows every SmolLM2 linear
+# layer rounded differently, so every one would have run row by row.
+# NOTE: measured on that CPU only. The probe keeps other CPUs exact, but their best size may differ.
 MAX_MIXED_ROWS = 32
 
 
@@ -291,9 +295,9 @@ def decoding_batches(
     """Split positions of `items` into the batches `generate_grouped` decodes.
 
     Without `mix_shapes` these are `group_by_shape`'s groups. With it, every cache that `can_mix`
-    accepts joins one batch per dtype and device, whatever its shape, cut into near-equal batches
-    of at most `max_rows`; with `exact_only` that holds for dtypes in `EXACT_DTYPES`, and other
-    caches keep their own batches. Caches of equal shapes stay next to each other.
+    accepts joins one batch per dtype and device, whatever its shape. Each such batch is cut into
+    near-equal batches of at most `max_rows`, and caches of equal shapes stay next to each other.
+    With `exact_only`, only dtypes in `EXACT_DTYPES` are mixed, and other caches keep their own batches.
     """
     shape_groups = group_by_shape(items, exact_only=exact_only)
     if not mix_shapes:

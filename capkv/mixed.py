@@ -38,7 +38,7 @@ _active: ContextVar[Any] = ContextVar("capkv_mixed_cache", default=None)
 
 @dataclass
 class MixedPart:
-    """Batch rows [start, stop) of a `MixedLayer` and the cache layer that holds their tokens."""
+    """Batch rows [start, stop) of a `MixedLayer` and the cache layer that contains their tokens."""
 
     start: int
     stop: int
@@ -73,7 +73,7 @@ class MixedLayer(CacheLayerMixin):
         return key_states, value_states
 
     def get_seq_length(self) -> int:
-        """The longest part; the batch's new tokens take their true positions from the caller."""
+        """Return the largest length of the parts; the caller gives the new tokens their true positions."""
         return max(part.layer.get_seq_length() for part in self.parts)
 
     def get_mask_sizes(self, cache_position: torch.Tensor) -> tuple[int, int]:
@@ -84,10 +84,10 @@ class MixedLayer(CacheLayerMixin):
 
 
 def can_mix(model: nn.Module, cache) -> bool:
-    """True when `cache` can be one or more rows of a mixed batch decoded by `model`.
+    """Return True when `cache` can be one or more rows of a mixed batch decoded by `model`.
 
-    The model must attend with SDPA, and every layer of the cache must hold batch size 1 without
-    a sliding window: either plain keys and values (batch, num_kv_heads, length, head_dim) or a
+    The model must attend with SDPA. Every layer of the cache must have batch size 1 and no sliding
+    window, and be either plain keys and values (batch, num_kv_heads, length, head_dim) or a
     `RaggedLayer`.
     """
     if model.config._attn_implementation != MIXABLE_ATTENTION:
@@ -106,7 +106,7 @@ def can_mix(model: nn.Module, cache) -> bool:
 
 
 def _dense_mask(config, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor | None:
-    """The causal mask transformers builds for these rows when their caches are decoded without the others."""
+    """Build the causal mask that transformers builds for these rows when their caches are decoded without the others."""
     q_len, kv_len = query.shape[2], keys.shape[2]
     return ALL_MASK_ATTENTION_FUNCTIONS[MIXABLE_ATTENTION](
         batch_size=query.shape[0],
@@ -132,7 +132,7 @@ def mixed_attention_forward(
     dropout: float = 0.0,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
-    """Attention of each part of the active mixed cache over its own keys; returns (batch, q_len, num_heads, head_dim).
+    """Compute each part's attention over its own keys in the active mixed cache; return (batch, q_len, num_heads, head_dim).
 
     `key`, `value` and the model's `attention_mask` are ignored: each part brings its own keys and mask.
     """
@@ -159,7 +159,10 @@ def mixed_attention(model: nn.Module, cache):
     """Run the model's attention through `mixed_attention_forward` over `cache` (of `MixedLayer`s) inside the context."""
     previous = model.config._attn_implementation
     if previous != MIXABLE_ATTENTION:
-        raise ValueError(f"mixed batches need a model attending with {MIXABLE_ATTENTION!r}, not {previous!r}")
+        raise ValueError(
+            f"mixed batches need a model attending with {MIXABLE_ATTENTION!r}, not {previous!r}; "
+            "capkv.batched.decoding_batches keeps the caches of such a model in batches of equal shapes"
+        )
     token = _active.set((cache, model.config))
     model.set_attn_implementation(MIXED_ATTENTION)
     try:

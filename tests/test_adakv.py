@@ -152,10 +152,10 @@ def test_ragged_attention_matches_per_head_softmax(softcap):
 
     for head in range(4):
         kv_head = head // 2
-        kept = mask[0, kv_head].nonzero().flatten()
+        kept_positions = mask[0, kv_head].nonzero().flatten()
         for token in range(2):
-            head_keys = torch.cat([keys[0, kv_head, kept], new_keys[0, kv_head, :token + 1]]).double()
-            head_values = torch.cat([values[0, kv_head, kept], new_values[0, kv_head, :token + 1]]).double()
+            head_keys = torch.cat([keys[0, kv_head, kept_positions], new_keys[0, kv_head, :token + 1]]).double()
+            head_values = torch.cat([values[0, kv_head, kept_positions], new_values[0, kv_head, :token + 1]]).double()
             logits = head_keys @ query[0, head, token].double() * 0.5
             if softcap:
                 logits = torch.tanh(logits / softcap) * softcap

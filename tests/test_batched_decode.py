@@ -267,7 +267,7 @@ def test_worker_batches_a_samples_cells_with_identical_rows(smollm2_float32):
             alone["prediction"], alone["tokens_generated"], alone["score"]
         ), method
     # The full cache, the four equal-shaped budget-64 caches and adakv's ragged heads shared one
-    # mixed batch, whose time is split evenly among them; alone, each row has its own time.
+    # mixed batch, so its time is split evenly among them. Alone, each row has its own time.
     assert len({row["decode_s"] for row in results[True].values()}) == 1
     assert len({row["decode_s"] for row in results[False].values()}) == 6
 
@@ -337,7 +337,7 @@ def test_mixed_batch_does_not_extend_inputs():
     assert after == before
 
 
-def test_decoding_batches_split_at_max_rows_and_keep_shapes_together():
+def test_decoding_batches_split_at_max_rows():
     model = tiny_llama()
     prefilled, compressed = _compress_all(model, _prompt(120), ["snapkv", "capkv"], budget=40)
     wider = [compress(model, prefilled, build_method(name), 64) for name in ("snapkv", "capkv", "knorm")]
