@@ -29,7 +29,8 @@ class Prefill:
     context_length: int
     seconds: float
     # Each method's scores per layer, computed by the first `compress` that needs them and reused
-    # for the method's other budgets (see EvictionMethod.shared_score).
+    # for the method's other budgets (see EvictionMethod.shared_score), and the weights with which
+    # `capkv.capacity` measures every kept set.
     score_memo: dict = field(default_factory=dict, repr=False)
 
 
@@ -204,15 +205,15 @@ def layer_inputs(
     score_memo: dict | None = None,
 ):
     """Build the scorer inputs of one layer; scores are shared through `score_memo` when one is given."""
-    modules = attention_modules(model)
+    decoder = decoder_of(model)
     return LayerInputs(
         layer_idx=layer_idx,
-        num_layers=len(modules),
+        num_layers=len(decoder.layers),
         keys=keys,
         values=values,
         capture=capture,
-        module=modules[layer_idx],
-        rotary_emb=getattr(decoder_of(model), "rotary_emb", None),
+        module=decoder.layers[layer_idx].self_attn,
+        rotary_emb=getattr(decoder, "rotary_emb", None),
         next_position=next_position,
         score_memo=score_memo,
     )

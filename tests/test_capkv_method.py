@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from capkv import build_method
@@ -51,6 +52,30 @@ def test_duplicate_tokens_score_equally_and_lower():
     scores = leverage_scores(duplicated_values, duplicated_weights)[0, 0]
     assert torch.allclose(scores[3], scores[-1], atol=1e-12)
     assert scores[3] < base
+
+
+def test_zero_weight_tokens_are_left_out_exactly():
+    # Head 0 keeps 3 of 16 weights, head 1 keeps 5: the gathered path pads head 0 with two
+    # zero-weight tokens. Each head must match the formula over its nonzero tokens alone.
+    values, weights = _random_values(num_tokens=16, head_dim=4, seed=3)
+    values, weights = values.expand(1, 2, 16, 4).clone(), weights.expand(1, 2, 16).clone()
+    nonzero = {0: [1, 7, 12], 1: [0, 2, 7, 9, 15]}
+    for head, kept in nonzero.items():
+        mask = torch.zeros(16, dtype=torch.bool)
+        mask[kept] = True
+        weights[0, head, ~mask] = 0.0
+    scores = leverage_scores(values, weights)
+
+    for head, kept in nonzero.items():
+        gram = torch.eye(4, dtype=torch.float64) + torch.einsum(
+            "nd,n,ne->de", values[0, head, kept], weights[0, head, kept], values[0, head, kept]
+        )
+        inverse = torch.linalg.inv(gram)
+        for index in range(16):
+            value = values[0, head, index]
+            expected = weights[0, head, index] * value @ inverse @ value
+            assert float(scores[0, head, index]) == pytest.approx(float(expected), abs=1e-12)
+    assert int((scores > 0).sum()) == 8
 
 
 def _layer(seq_len=40, num_heads=4, num_kv_heads=2, head_dim=8, seed=0) -> LayerInputs:

@@ -25,22 +25,47 @@ def relevance(layer: LayerInputs) -> torch.Tensor:
 def capacity_weights(relevance_scores: torch.Tensor, tau: float) -> torch.Tensor:
     """w_i = exp(tau * (a_i - max_j a_j)); subtracting the max per head avoids overflow."""
     scaled = tau * relevance_scores
-    return torch.exp(scaled - scaled.amax(dim=-1, keepdim=True))
+    exponent = scaled - scaled.amax(dim=-1, keepdim=True)
+    # Below about -87 the float32 exp leaves its vector path for results that are subnormal or 0.
+    # In float64 they are ordinary numbers: 0.03 ms against 0.20 ms for 12,276 weights on one CPU.
+    return torch.exp(exponent.double()).to(exponent.dtype)
 
 
 def leverage_scores(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Ridge leverage s_i = w_i u_i^T A^{-1} u_i with A = I + sum_j w_j u_j u_j^T.
 
-    values: (batch, heads, n, d) in float32, weights: (batch, heads, n). Returns (batch, heads, n).
+    values: (batch, heads, n, d), weights: (batch, heads, n), computed in the dtype the two
+    promote to (float32 for bfloat16 values and float32 weights). Returns (batch, heads, n).
+
+    A token whose weight is exactly 0 adds nothing to A and scores 0, so A and the scores are
+    computed over the tokens of nonzero weight only, gathered per head. With raw dot-product
+    relevance and tau = 5 most weights underflow to 0 (SmolLM2, 4,096 tokens of essay text: 93%).
     """
-    head_dim = values.shape[-1]
-    identity = torch.eye(head_dim, dtype=values.dtype, device=values.device)
-    gram = torch.einsum("bhnd,bhn,bhne->bhde", values, weights, values) + identity  # (batch, heads, d, d)
-    # A is d x d and n >> d, so A is inverted once and applied with one matrix product. On CPU this
-    # cut CapKV's compression time about threefold against a solve with n right-hand sides
-    # (SmolLM2, 4k tokens: 0.28 s to 0.10 s).
-    inverse = torch.cholesky_inverse(torch.linalg.cholesky(gram))
-    return weights * (torch.matmul(values, inverse) * values).sum(dim=-1)
+    counts = (weights > 0).sum(dim=-1)
+    active = int(counts.max()) if counts.numel() else 0
+    if 2 * active > weights.shape[-1]:  # gathering would cost more than it saves
+        return _dense_leverage(values, weights)
+    # The `active` largest weights of each head include all its nonzero ones. A head with fewer
+    # is padded with zero-weight tokens, which also add nothing to A and score 0.
+    heaviest, positions = weights.topk(active, dim=-1)  # (batch, heads, active)
+    batch_index = torch.arange(weights.shape[0], device=weights.device)[:, None, None]
+    head_index = torch.arange(weights.shape[1], device=weights.device)[None, :, None]
+    gathered = values[batch_index, head_index, positions]  # (batch, heads, active, d)
+    scores = torch.zeros(weights.shape, dtype=torch.promote_types(values.dtype, weights.dtype), device=weights.device)
+    return scores.scatter_(-1, positions, _dense_leverage(gathered, heaviest))
+
+
+def _dense_leverage(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """`leverage_scores` over every token: with g_i = sqrt(w_i) u_i and A = L L^T, s_i = |L^{-1} g_i|^2."""
+    scaled = values * weights.sqrt()[..., None]  # (batch, heads, n, d)
+    gram = torch.matmul(scaled.mT, scaled)  # (batch, heads, d, d)
+    gram.diagonal(dim1=-2, dim2=-1).add_(1.0)
+    cholesky = torch.linalg.cholesky(gram)
+    identity = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+    # L^{-1} is d x d, formed once and applied to all n tokens by one matrix product.
+    inverse_factor = torch.linalg.solve_triangular(cholesky, identity, upper=False)
+    whitened = torch.matmul(scaled, inverse_factor.mT)
+    return whitened.square_().sum(dim=-1)
 
 
 def log_capacity(values: torch.Tensor, weights: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
@@ -155,5 +180,5 @@ class CapKV(EvictionMethod):
         else:
             candidate_relevance = relevance(layer)[..., sinks:]
             weights = capacity_weights(candidate_relevance, self.tau)
-            scores = leverage_scores(layer.values[:, :, sinks:].float(), weights)
+            scores = leverage_scores(layer.values[:, :, sinks:], weights)
         return F.pad(scores.float(), (sinks, 0), value=0.0)  # sinks are kept through always_kept
