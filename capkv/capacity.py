@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from capkv.engine import DEFAULT_NUM_SINKS, CompressedCache, Prefill, indices_to_mask
+from capkv.engine import DEFAULT_NUM_SINKS, CompressedCache, Prefill
 from capkv.methods.base import LayerInputs
 from capkv.methods.capkv import capacity_weights, relevance
 
