@@ -41,7 +41,7 @@ def plain_prefill_seconds(model, input_ids: torch.Tensor) -> float:
 
 
 def zero_weight_share(model, prefilled, method) -> float:
-    """Share of CapKV's candidate weights (all layers and KV heads) that are exactly 0.
+    """Return the share of CapKV's candidate weights (all layers and KV heads) that are exactly 0.
 
     `leverage_scores` leaves those tokens out of A and of the matrix products, so this share
     sets how much of the scoring's work the prompt needs.

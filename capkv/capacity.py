@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from capkv.engine import DEFAULT_NUM_SINKS, CompressedCache, Prefill
+from capkv.engine import DEFAULT_NUM_SINKS, CompressedCache, Prefill, gather_tokens
 from capkv.methods.base import LayerInputs
-from capkv.methods.capkv import capacity_weights, relevance
+from capkv.methods.capkv import capacity_weights, relevance, weighted_gram
 
 
 def layer_capacity(prefilled: Prefill, kept_indices: torch.Tensor | None, layer_idx: int, tau: float) -> torch.Tensor:
@@ -21,21 +21,17 @@ def layer_capacity(prefilled: Prefill, kept_indices: torch.Tensor | None, layer_
     weights = _prompt_weights(prefilled, layer_idx, tau)  # (batch, num_kv_heads, seq_len)
     values = layer.values
     if kept_indices is not None:
-        # Only the kept tokens enter the sum; padding reads token 0 with weight 0.
+        # Only the kept tokens enter the sum. Padding reads token 0 with weight 0.
         padding = kept_indices < 0
         positions = kept_indices.masked_fill(padding, 0)
         weights = weights.gather(-1, positions).masked_fill_(padding, 0.0)
-        batch_index = torch.arange(values.shape[0], device=values.device)[:, None, None]
-        head_index = torch.arange(values.shape[1], device=values.device)[None, :, None]
-        values = values[batch_index, head_index, positions]
-    scaled = values * weights.sqrt()[..., None]  # float32: sqrt(w_i) v_i
-    gram = torch.matmul(scaled.mT, scaled)
-    gram.diagonal(dim1=-2, dim2=-1).add_(1.0)
+        values = gather_tokens(values, positions)
+    _, gram = weighted_gram(values, weights)  # float32
     return 0.5 * torch.linalg.slogdet(gram).logabsdet
 
 
 def _prompt_weights(prefilled: Prefill, layer_idx: int, tau: float) -> torch.Tensor:
-    """CapKV's paper-mode weights of every prompt token of one layer, memoised in the prefill."""
+    """Return CapKV's paper-mode weights of every prompt token of one layer, memoised in the prefill."""
     key = ("capacity weights", tau, layer_idx)
     memo = prefilled.score_memo
     if key not in memo:

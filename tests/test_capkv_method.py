@@ -54,21 +54,21 @@ def test_duplicate_tokens_score_equally_and_lower():
     assert scores[3] < base
 
 
-def test_zero_weight_tokens_are_left_out_exactly():
+def test_leverage_skips_zero_weights():
     # Head 0 keeps 3 of 16 weights, head 1 keeps 5: the gathered path pads head 0 with two
     # zero-weight tokens. Each head must match the formula over its nonzero tokens alone.
     values, weights = _random_values(num_tokens=16, head_dim=4, seed=3)
     values, weights = values.expand(1, 2, 16, 4).clone(), weights.expand(1, 2, 16).clone()
     nonzero = {0: [1, 7, 12], 1: [0, 2, 7, 9, 15]}
-    for head, kept in nonzero.items():
+    for head, positions in nonzero.items():
         mask = torch.zeros(16, dtype=torch.bool)
-        mask[kept] = True
+        mask[positions] = True
         weights[0, head, ~mask] = 0.0
     scores = leverage_scores(values, weights)
 
-    for head, kept in nonzero.items():
+    for head, positions in nonzero.items():
         gram = torch.eye(4, dtype=torch.float64) + torch.einsum(
-            "nd,n,ne->de", values[0, head, kept], weights[0, head, kept], values[0, head, kept]
+            "nd,n,ne->de", values[0, head, positions], weights[0, head, positions], values[0, head, positions]
         )
         inverse = torch.linalg.inv(gram)
         for index in range(16):

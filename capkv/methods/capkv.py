@@ -43,11 +43,13 @@ def leverage_scores(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor
     """
     counts = (weights > 0).sum(dim=-1)
     active = int(counts.max()) if counts.numel() else 0
-    if 2 * active > weights.shape[-1]:  # gathering would cost more than it saves
+    if 2 * active > weights.shape[-1]:  # gathering would save at most half the work
         return _dense_leverage(values, weights)
+
     # The `active` largest weights of each head include all its nonzero ones. A head with fewer
     # is padded with zero-weight tokens, which also add nothing to A and score 0.
     heaviest, positions = weights.topk(active, dim=-1)  # (batch, heads, active)
+    # Indexing reads a sliced `values` in place, where `capkv.engine.gather_tokens` would copy it.
     batch_index = torch.arange(weights.shape[0], device=weights.device)[:, None, None]
     head_index = torch.arange(weights.shape[1], device=weights.device)[None, :, None]
     gathered = values[batch_index, head_index, positions]  # (batch, heads, active, d)
@@ -55,11 +57,20 @@ def leverage_scores(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor
     return scores.scatter_(-1, positions, _dense_leverage(gathered, heaviest))
 
 
-def _dense_leverage(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """`leverage_scores` over every token: with g_i = sqrt(w_i) u_i and A = L L^T, s_i = |L^{-1} g_i|^2."""
-    scaled = values * weights.sqrt()[..., None]  # (batch, heads, n, d)
-    gram = torch.matmul(scaled.mT, scaled)  # (batch, heads, d, d)
+def weighted_gram(values: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return g_i = sqrt(w_i) v_i (batch, heads, n, d) and A = I + sum_i g_i g_i^T (batch, heads, d, d).
+
+    Both are in the dtype that `values` and `weights` promote to.
+    """
+    scaled = values * weights.sqrt()[..., None]
+    gram = torch.matmul(scaled.mT, scaled)
     gram.diagonal(dim1=-2, dim2=-1).add_(1.0)
+    return scaled, gram
+
+
+def _dense_leverage(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Compute `leverage_scores` over every token: with A = L L^T, s_i = |L^{-1} g_i|^2."""
+    scaled, gram = weighted_gram(values, weights)
     cholesky = torch.linalg.cholesky(gram)
     identity = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
     # L^{-1} is d x d, formed once and applied to all n tokens by one matrix product.
@@ -75,8 +86,7 @@ def log_capacity(values: torch.Tensor, weights: torch.Tensor, kept: torch.Tensor
     """
     kept_values = values.gather(2, kept[..., None].expand(-1, -1, -1, values.shape[-1])).float()
     kept_weights = weights.gather(2, kept).float()
-    identity = torch.eye(values.shape[-1], dtype=torch.float32, device=values.device)
-    gram = torch.einsum("bhnd,bhn,bhne->bhde", kept_values, kept_weights, kept_values) + identity
+    _, gram = weighted_gram(kept_values, kept_weights)
     return 0.5 * torch.linalg.slogdet(gram).logabsdet
 
 
